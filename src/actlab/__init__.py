@@ -1,0 +1,10 @@
+"""actlab: record, steer and compress the activations of transformer language models."""
+
+from actlab import arch, data, eval  # noqa: A004  (al.eval mirrors the design's naming)
+from actlab.engine import edits
+from actlab.engine.recording import Recording
+from actlab.errors import ActlabError
+from actlab.lab import Lab, load
+
+__version__ = "0.1.0"
+__all__ = ["ActlabError", "Lab", "Recording", "arch", "data", "edits", "eval", "load", "__version__"]
