@@ -29,9 +29,8 @@ def make_tokenizer(text: str = TEXT, vocab_size: int = 300) -> PreTrainedTokeniz
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([text], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>")
 
@@ -55,7 +54,13 @@ def austen_home(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("austen needs apt-get and dpkg-deb")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ACTLAB_HOME", str(tmp_path_factory.mktemp("actlab_home")))
-        yield fetch_austen()
+        try:
+            folder = fetch_austen()
+        except ActlabError as exc:  # no Debian mirror reachable: an environment problem, not a bug
+            if str(exc).startswith("`apt-get download"):
+                pytest.skip(str(exc))
+            raise
+        yield folder
 
 
 def test_austen_six_novels_and_provenance(austen_home) -> None:

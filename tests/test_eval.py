@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import actlab.eval as ev
+from actlab import Lab
 from actlab.data import Corpus, token_windows
 from actlab.errors import ActlabError
 
@@ -48,33 +47,12 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     return model.eval()
 
 
-class LocalLab:
-    """Stand-in for `actlab.Lab.from_model` until it exists: model, tokenizer, fingerprint, edit."""
-
-    def __init__(self, model, tokenizer, name: str) -> None:
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.device = torch.device("cpu")
-        self.fingerprint = SimpleNamespace(to_dict=lambda: {"name": name})
-
-    @contextlib.contextmanager
-    def edit(self, edits):
-        handles = []
-        for site, fn in edits.items():
-            assert site == "logits", "the local stand-in only edits logits"
-            handles.append(self.model.lm_head.register_forward_hook(lambda m, i, out, fn=fn: fn(out, None)))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
 @pytest.fixture(scope="module")
 def make_lab():
-    """The one place that builds labs: switch to `actlab.Lab.from_model` when it lands."""
+    """The one place that builds labs from in-memory models."""
 
     def build(model, tokenizer, name: str = "tiny-llama"):
-        return LocalLab(model, tokenizer, name)
+        return Lab.from_model(model, tokenizer, name=name)
 
     return build
 
@@ -178,7 +156,7 @@ def test_results_round_trip_json(lab) -> None:
     for result in results:
         data = json.loads(result.to_json())
         assert data["kind"] == result.kind and data["protocol"]["seq_len"] == 32
-        assert data["fingerprint"] == {"name": "tiny-llama"}
+        assert data["fingerprint"] == lab.fingerprint.to_dict() and data["fingerprint"]["name"] == "tiny-llama"
         back = type(result).from_json(result.to_json())
         assert back == result
         assert ev.result_from_dict(data) == ev.result_from_json(result.to_json()) == result
