@@ -7,32 +7,19 @@ import shutil
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import actlab.data.austen as austen_module
 from actlab.data import Corpus, corpus, fetch_austen, token_windows
 from actlab.data.windows import tokenize_stream
 from actlab.errors import ActlabError
+from bpe_text import SENTENCE, bpe_tokenizer
 
-TEXT = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-    "must be in want of a wife. However little known the feelings or views of such a man may be "
-    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the "
-    "surrounding families, that he is considered the rightful property of some one or other of "
-    "their daughters. "
-) * 8
+TEXT = SENTENCE * 8
 
 
 def make_tokenizer(text: str = TEXT, vocab_size: int = 300) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in memory (no network), with a BOS token it does not add itself."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([text], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>")
+    return bpe_tokenizer(text, vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -8,33 +8,21 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import actlab.eval as ev
 from actlab import Lab
 from actlab.data import Corpus, token_windows
 from actlab.errors import ActlabError
+from bpe_text import SENTENCE, bpe_tokenizer
 
-TEXT = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-    "must be in want of a wife. However little known the feelings or views of such a man may be "
-    "on his first entering a neighbourhood, this truth is so well fixed in the minds of the "
-    "surrounding families, that he is considered the rightful property of some one or other of "
-    "their daughters. "
-)
+TEXT = SENTENCE
 CORPUS = Corpus("pride", None, [TEXT * 6, TEXT.upper() * 6, TEXT[::-1] * 6], {})
 DOUBLE_LOGITS = {"logits": lambda activation, ctx: activation * 2.0}  # an edit as DESIGN §2 defines it
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([TEXT], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>")
+    return bpe_tokenizer(TEXT)
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
