@@ -144,3 +144,13 @@ def test_recording_dtype_and_unknown_site(tiny_lab):
     assert rec["blocks.0.resid_post"].dtype == torch.bfloat16
     with pytest.raises(al.ActlabError, match="not recorded"):
         rec["blocks.1.resid_post"]
+
+
+def test_calling_the_decoder_stack_directly_is_recorded(tiny_lab):
+    base = tiny_lab.model.get_submodule(tiny_lab.adapter.layers.rsplit(".", 1)[0])
+    inputs = tiny_lab.tokenize(PROMPTS)
+    with torch.inference_mode(), tiny_lab.record("blocks.1.resid_post") as direct:
+        base(**inputs)
+    with tiny_lab.record("blocks.1.resid_post") as full:
+        tiny_lab.forward(PROMPTS)
+    assert torch.equal(direct["blocks.1.resid_post"], full["blocks.1.resid_post"])

@@ -2,7 +2,7 @@
 
 One dispatcher hook per (module, input/output) serves every site living there: it applies the
 active edits in the order they were entered, then hands the (edited) value to the active
-recordings. A pre-hook on the whole model builds the `ForwardState` of each call (mask, cache
+recordings. A pre-hook on the decoder stack builds the `ForwardState` of each call (mask, cache
 length, decoding step). Hooks are re-installed from scratch whenever a context opens or
 closes, so nothing is left behind, also after an exception.
 """
@@ -81,8 +81,8 @@ class Engine:
         groups: dict[tuple[str, str], list[Site]] = defaultdict(list)
         for site in sites.values():
             groups[(site.module, site.hook)].append(site)
-        hook = self.model.register_forward_pre_hook(self._begin_call, with_kwargs=True)
-        self._handles.append(hook)
+        base = self.model.get_submodule(self.catalog.adapter.layers.rsplit(".", 1)[0])  # the decoder stack
+        self._handles.append(base.register_forward_pre_hook(self._begin_call, with_kwargs=True))
         for (path, kind), group in groups.items():
             self._install(self.model.get_submodule(path), kind, group)
         self._install_stop(max(sites.values(), key=lambda s: s.order))
