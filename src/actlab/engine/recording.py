@@ -31,6 +31,7 @@ class Recording:
     def begin_call(self, state: ForwardState) -> None:
         sel = state.select(self.positions)
         state.scratch[("sel", id(self))] = sel
+        state.scratch[("sel_all", id(self))] = bool(sel.all())
         if state.is_prefill:  # a new batch of prompts starts
             self._prompt_offset += self._last_batch
             self._last_batch = state.batch_size
@@ -43,8 +44,13 @@ class Recording:
 
     def capture(self, site: Site, x: torch.Tensor, state: ForwardState) -> None:
         sel = state.scratch[("sel", id(self))]
-        rows = x.detach()[sel]
-        self._chunks[site.name].append(rows.to(self.device, self.dtype or rows.dtype))
+        if state.scratch[("sel_all", id(self))]:  # no padding, every token: a plain copy, no gather
+            rows = x.detach().flatten(0, 1)
+            dtype = self.dtype or rows.dtype
+            rows = rows.clone() if (rows.device, dtype) == (self.device, rows.dtype) else rows.to(self.device, dtype)
+        else:
+            rows = x.detach()[sel].to(self.device, self.dtype or x.dtype)
+        self._chunks[site.name].append(rows)
 
     # -- read by users -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
