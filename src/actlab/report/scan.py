@@ -58,17 +58,21 @@ class ScanResult:
                                    f"{ppl['protocol']['corpus']}:{ppl['protocol']['split']}")
         head.add_row("weights", self.fingerprint["weights_sha256"])
         layers = Table(title=f"residual stream (resid_post) over {self.tokens} tokens")
-        for col in ("block", "mean ‖x‖", "max ‖x‖", "absmax", "median ch.", "ratio", "top channels"):
+        for col in ("block", "‖x‖", "max ‖x‖", "absmax", "median", "ratio", "top channels"):
             layers.add_column(col, justify="left" if col == "top channels" else "right", no_wrap=True)
         for i, s in enumerate(self.layers):
             top = " ".join(f"{c}:{_short(v)}" for c, v in s.top_channels[:3])
-            layers.add_row(str(i), f"{s.norm_mean:,.1f}", f"{s.norm_max:,.1f}", f"{s.absmax:,.1f}",
-                           f"{s.median_channel_absmax:,.2f}", f"{s.outlier_ratio:,.0f}×", top)
+            layers.add_row(str(i), _short(s.norm_mean), _short(s.norm_max), _short(s.absmax),
+                           _short(s.median_channel_absmax), f"{s.outlier_ratio:.0f}×", top)
+        layers.caption = ("‖x‖: mean token norm; median: median over channels of the channel absmax; "
+                          "ratio: absmax / median")
         return Group(head, layers)
 
 
 def _short(v: float) -> str:
-    return f"{v / 1000:.1f}k" if abs(v) >= 1000 else f"{v:.0f}"
+    if abs(v) >= 1000:
+        return f"{v / 1000:.1f}k"
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}"
 
 
 def layer_stats(site: str, x: torch.Tensor, top: int) -> LayerStats:
