@@ -84,3 +84,14 @@ def test_loading_errors_and_references(tmp_path):
 def test_local_folder_loads_the_same_model(smollm2):
     folder = al.load(str(smollm2.source))
     assert folder.fingerprint.weights_sha256 == smollm2.fingerprint.weights_sha256
+
+
+def test_a_gguf_file_converts_once_and_matches_the_embedded_model(smollm2, tmp_path, monkeypatch):
+    from actlab.models import EMBEDDED
+
+    monkeypatch.setenv("ACTLAB_HOME", str(tmp_path))
+    gguf = EMBEDDED["smollm2-135m"].gguf()
+    lab = al.load(str(gguf))
+    assert lab.source.parent == tmp_path / "models" and (lab.source / "model.safetensors").exists()
+    prompt = ["The capital of France is"]
+    assert torch.equal(lab.forward(prompt), smollm2.forward(prompt))
