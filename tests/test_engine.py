@@ -154,3 +154,14 @@ def test_calling_the_decoder_stack_directly_is_recorded(tiny_lab):
     with tiny_lab.record("blocks.1.resid_post") as full:
         tiny_lab.forward(PROMPTS)
     assert torch.equal(direct["blocks.1.resid_post"], full["blocks.1.resid_post"])
+
+
+def test_attention_sites_need_the_actlab_attention(tiny_lab):
+    tiny_lab.model.set_attn_implementation("sdpa")
+    with pytest.raises(al.ActlabError, match="set_attn_implementation"):
+        with tiny_lab.record("blocks.0.attn.pattern"):
+            pass
+    _no_hooks_left(tiny_lab)
+    with tiny_lab.record("blocks.0.resid_post") as rec:  # other sites work with any attention
+        tiny_lab.forward(PROMPTS)
+    assert rec["blocks.0.resid_post"].shape[0] == sum(map(len, PROMPTS))

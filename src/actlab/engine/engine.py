@@ -13,9 +13,10 @@ from collections import defaultdict
 
 import torch
 
-from actlab.engine.attention import HANDLER_ATTR, explicit_attention
+from actlab.engine.attention import HANDLER_ATTR, IMPLEMENTATION, explicit_attention
 from actlab.engine.context import EditContext, ForwardState
 from actlab.engine.recording import Recording
+from actlab.errors import ActlabError
 from actlab.sites import Site, SiteCatalog
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -39,7 +40,7 @@ class Engine:
     # -- activation ------------------------------------------------------------------------------
     def add_edits(self, pairs: list[tuple[Site, object]]) -> None:
         self.edits.extend(pairs)
-        self.rebuild()
+        self._rebuild_or_undo(lambda: self.remove_edits(pairs))
 
     def remove_edits(self, pairs: list[tuple[Site, object]]) -> None:
         ids = {id(p) for p in pairs}
@@ -48,11 +49,18 @@ class Engine:
 
     def add_recording(self, rec: Recording) -> None:
         self.recordings.append(rec)
-        self.rebuild()
+        self._rebuild_or_undo(lambda: self.remove_recording(rec))
 
     def remove_recording(self, rec: Recording) -> None:
         self.recordings = [r for r in self.recordings if r is not rec]
         self.rebuild()
+
+    def _rebuild_or_undo(self, undo) -> None:
+        try:
+            self.rebuild()
+        except BaseException:
+            undo()  # leaves the hooks of the contexts still open, and nothing of this one
+            raise
 
     @property
     def active(self) -> bool:
@@ -93,6 +101,10 @@ class Engine:
         elif kind == "input":
             self._handles.append(module.register_forward_pre_hook(self._input_hook(sites), with_kwargs=True))
         elif kind == "attention":
+            if self.model.config._attn_implementation != IMPLEMENTATION:
+                raise ActlabError(f"{sites[0].name} lives inside the actlab attention function, but the model now "
+                                  f"uses {self.model.config._attn_implementation!r}: call "
+                                  f"lab.model.set_attn_implementation({IMPLEMENTATION!r})")
             setattr(module, HANDLER_ATTR, self._attention_handler(sites))
             self._attention_modules.append(module)
         elif kind == "resid_mid":
