@@ -5,6 +5,8 @@ from actlab.engine import edits
 from actlab.engine.recording import Recording
 from actlab.errors import ActlabError
 from actlab.lab import Lab, load
+from actlab.store import harvest, open_store
 
 __version__ = "0.1.0"
-__all__ = ["ActlabError", "Lab", "Recording", "arch", "data", "edits", "eval", "load", "__version__"]
+__all__ = ["ActlabError", "Lab", "Recording", "arch", "data", "edits", "eval", "harvest", "load", "open_store",
+           "__version__"]
