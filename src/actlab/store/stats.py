@@ -14,13 +14,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 6, 241)])  # |x| and norms: 0, then 1e-6 … 1e6
+# Log-spaced histogram bins for |x| and token norms: 4 bins per power of two from 2^-24 to 2^24,
+# plus a first bin for [0, 2^-24). Fixed edges, so histograms merge by addition.
+_SUB, _EMIN, _EMAX = 4, -23, 25
+HIST_EDGES = np.concatenate([[0.0], [2.0 ** (e - 1) * (1 + k / _SUB) for e in range(_EMIN, _EMAX) for k in range(_SUB)],
+                             [2.0 ** (_EMAX - 1)]])
+
+
+ABS_HIST_STRIDE = 8  # the |x| histogram (for approximate quantiles) counts every 8th token
+
+
+def _sum64(t: torch.Tensor) -> torch.Tensor:
+    """Column sums of a float32 batch (torch reduces with cascade summation), as float64."""
+    return t.sum(0).double()
 
 
 def _hist(values: torch.Tensor) -> np.ndarray:
-    edges = torch.as_tensor(HIST_EDGES, dtype=torch.float64)
-    idx = torch.bucketize(values.double().clamp(max=HIST_EDGES[-1]), edges, right=True) - 1
-    return torch.bincount(idx.clamp(min=0).flatten(), minlength=len(HIST_EDGES) - 1).numpy().astype(np.int64)
+    """Counts of |values| per bin of HIST_EDGES (values beyond the last edge go to the last bin)."""
+    mantissa, exponent = torch.frexp(values.float().abs().flatten())  # |v| = m·2^e, m in [0.5, 1)
+    sub = ((mantissa - 0.5) * (2 * _SUB)).to(torch.int64).clamp(0, _SUB - 1)
+    idx = 1 + (exponent.to(torch.int64) - _EMIN) * _SUB + sub
+    idx = torch.where(mantissa == 0, 0, idx).clamp(0, len(HIST_EDGES) - 2)
+    return torch.bincount(idx, minlength=len(HIST_EDGES) - 1).numpy().astype(np.int64)
 
 
 @dataclass
@@ -57,21 +72,24 @@ class SiteStats:
     # -- building ------------------------------------------------------------------------------
     @classmethod
     def of(cls, x: torch.Tensor, covariance: bool = False) -> "SiteStats":
-        """Statistics of one batch `[n, channels]` (computed in float64)."""
-        x = x.reshape(x.shape[0], -1).double()
+        """Statistics of one batch `[n, channels]`: float32 elementwise work, float64 sums."""
+        x = x.reshape(x.shape[0], -1).float()
         s = cls(x.shape[1], covariance)
         if x.shape[0] == 0:
             return s
-        mean = x.mean(0)
-        d = x - mean
+        mean = _sum64(x) / x.shape[0]
+        d = x - mean.float()  # centred in float32; batch sums in float32, merged in float64
+        shift = _sum64(d) / x.shape[0]  # the float32 rounding of the mean, corrected below
         d2 = d * d
         s.n = x.shape[0]
-        s.mean, s.m2 = mean.numpy(), d2.sum(0).numpy()
-        s.m3, s.m4 = (d2 * d).sum(0).numpy(), (d2 * d2).sum(0).numpy()
-        s.min, s.max = x.amin(0).numpy(), x.amax(0).numpy()
+        s.mean = (mean + shift).numpy()
+        s.m2 = (_sum64(d2) - x.shape[0] * shift**2).numpy()
+        s.m3, s.m4 = _sum64(d2 * d).numpy(), _sum64(d2 * d2).numpy()
+        s.min, s.max = x.amin(0).double().numpy(), x.amax(0).double().numpy()
         if covariance:
-            s.comoment = (d.T @ d).numpy()
-        s.norm_hist, s.abs_hist = _hist(x.norm(dim=1)), _hist(x.abs())
+            dd = d.double()
+            s.comoment = (dd.T @ dd).numpy()
+        s.norm_hist, s.abs_hist = _hist(x.norm(dim=1)), _hist(x[::ABS_HIST_STRIDE])
         return s
 
     def update(self, x: torch.Tensor) -> None:
@@ -129,7 +147,7 @@ class SiteStats:
         return self.comoment / max(self.n, 1)
 
     def abs_quantile(self, q: float) -> float:
-        """Approximate quantile of |x| over all values (log-bin histogram, geometric interpolation)."""
+        """Approximate quantile of |x| (every 8th token; log-bin histogram, geometric interpolation)."""
         return _hist_quantile(self.abs_hist, q)
 
     def norm_quantile(self, q: float) -> float:
