@@ -99,6 +99,9 @@ def test_codecs_round_trip(lab, corpus_file, tmp_path, codec):
         assert torch.all((y - x).abs() <= scale / 2 + 1e-6)
         stored = store.group["blocks.0.resid_post"]
         assert stored.dtype == np.int8 and store.group["blocks.0.resid_post.scale"].shape == (store.n_tokens,)
+    err = ((y.float() - x) ** 2).sum() / (x**2).sum()
+    assert store.stats["blocks.0.resid_post"].codec_relative_error == pytest.approx(err.sqrt().item(), rel=1e-4)
+    assert exact.stats["blocks.0.resid_post"].codec_relative_error == 0
     assert store.stats["blocks.0.resid_post"].n == exact.stats["blocks.0.resid_post"].n  # stats from full precision
     np.testing.assert_array_equal(store.stats["blocks.0.resid_post"].max, exact.stats["blocks.0.resid_post"].max)
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from actlab.cli import store_commands
 from actlab.errors import ActlabError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -116,6 +117,9 @@ def fetch(names: Annotated[list[str], typer.Argument(help="austen, smollm2-135m,
             else:
                 raise ActlabError(f"nothing called {name!r} to fetch{did_you_mean(name, ['austen', *EMBEDDED])}")
         err.print(f"{name}: {where}")
+
+
+store_commands.register(app, out, err, _load)
 
 
 def _fail(message: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import zarr
 
-from actlab.store.codecs import STORAGE_DTYPE, encode
+from actlab.store.codecs import STORAGE_DTYPE, decode, encode
 from actlab.store.manifest import Manifest
 from actlab.store.stats import SiteStats
 
@@ -78,4 +78,6 @@ def write_chunk(group: zarr.Group, m: Manifest, chunk: ChunkData) -> tuple[dict[
         if scales is not None:
             put(scale_name(site), scales)
         stats[site] = SiteStats.of(x, covariance=m.covariance)
+        if m.codec != "float32":
+            stats[site].codec_sq_error = float((decode(values, scales, m.codec).float() - x.float()).double().square().sum())
     return sums, stats

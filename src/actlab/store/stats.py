@@ -54,6 +54,7 @@ class SiteStats:
     comoment: np.ndarray | None = None  # Σ (x-mean)(x-mean)ᵀ
     norm_hist: np.ndarray = field(default=None)
     abs_hist: np.ndarray = field(default=None)
+    codec_sq_error: float = 0.0  # Σ (stored − recorded)², filled by the store's writer
 
     def __post_init__(self):
         c = self.channels
@@ -118,6 +119,7 @@ class SiteStats:
         self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
         self.norm_hist = self.norm_hist + other.norm_hist
         self.abs_hist = self.abs_hist + other.abs_hist
+        self.codec_sq_error += other.codec_sq_error
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -146,6 +148,12 @@ class SiteStats:
             raise ValueError("covariance was not collected (harvest with covariance=True)")
         return self.comoment / max(self.n, 1)
 
+    @property
+    def codec_relative_error(self) -> float:
+        """RMS error of the stored values relative to the RMS of the recorded ones (0 for float32)."""
+        total = float((self.m2 + self.n * self.mean**2).sum())
+        return float(np.sqrt(self.codec_sq_error / total)) if total > 0 else 0.0
+
     def abs_quantile(self, q: float) -> float:
         """Approximate quantile of |x| (every 8th token; log-bin histogram, geometric interpolation)."""
         return _hist_quantile(self.abs_hist, q)
@@ -158,6 +166,7 @@ class SiteStats:
         out = {f"{prefix}/{k}": torch.from_numpy(np.asarray(getattr(self, k)))
                for k in ("mean", "m2", "m3", "m4", "min", "max", "norm_hist", "abs_hist")}
         out[f"{prefix}/n"] = torch.tensor([self.n], dtype=torch.int64)
+        out[f"{prefix}/codec_sq_error"] = torch.tensor([self.codec_sq_error], dtype=torch.float64)
         if self.covariance:
             out[f"{prefix}/comoment"] = torch.from_numpy(self.comoment)
         return out
@@ -170,6 +179,7 @@ class SiteStats:
         for k in ("mean", "m2", "m3", "m4", "min", "max", "norm_hist", "abs_hist"):
             setattr(s, k, get(k).copy())
         s.n = int(get("n")[0])
+        s.codec_sq_error = float(get("codec_sq_error")[0])
         if s.covariance:
             s.comoment = get("comoment").copy()
         return s
