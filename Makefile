@@ -31,7 +31,7 @@ setup-test: setup $(VENV)/.stamp-gemma3
 $(VENV)/.stamp-core: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,ray]'
 	$(BIN)/actlab fetch austen
 	touch $@
 

@@ -39,6 +39,7 @@ class Lab:
         model.set_attn_implementation(attention.register())
         self.engine = Engine(model, self.catalog)
         self._fingerprint: Fingerprint | None = None
+        self.reference: dict | None = None  # how to load this model again (set by `load`), e.g. in a Ray actor
 
     @classmethod
     def from_model(cls, model, tokenizer=None, name: str | None = None) -> "Lab":
@@ -194,4 +195,6 @@ class Lab:
 def load(model: str, dtype: str | torch.dtype = "float32", device: str = "cpu") -> Lab:
     """Load a Lab: an embedded name (`smollm2-135m`, `gemma3-270m`), HF folder, .gguf file or hub id."""
     hf_model, tokenizer, name, source = load_model(model, dtype, device)
-    return Lab(hf_model, tokenizer, name, source)
+    lab = Lab(hf_model, tokenizer, name, source)
+    lab.reference = {"model": model, "dtype": str(parse_dtype(dtype)).removeprefix("torch."), "device": device}
+    return lab

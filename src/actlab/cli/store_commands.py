@@ -31,6 +31,7 @@ def register(app: typer.Typer, out, err, load) -> None:
                overwrite: bool = False,
                engine: Annotated[str, typer.Option(help="local or ray")] = "local",
                workers: Annotated[int, typer.Option(min=1, help="ray: model actors")] = 2,
+               ray_address: Annotated[Optional[str], typer.Option(help="ray: a cluster address (default: local)")] = None,
                model_dtype: Annotated[str, typer.Option(help="dtype the model runs in")] = "float32") -> None:
         """Harvest activations of SITES over a corpus into a Zarr store, with streaming statistics."""
         import actlab as al
@@ -39,7 +40,8 @@ def register(app: typer.Typer, out, err, load) -> None:
         store = al.harvest(lab, corpus, sites, out_dir, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
                            dtype=dtype, chunk_windows=chunk_windows, covariance=covariance,
                            compression=None if compression in (None, "none") else compression, resume=resume,
-                           overwrite=overwrite, engine=engine, workers=workers)
+                           overwrite=overwrite, engine=engine, workers=workers,
+                           ray_address=ray_address)
         err.print(repr(store), markup=False)
 
     @app.command()

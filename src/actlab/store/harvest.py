@@ -95,8 +95,13 @@ def _open_for_resume(root: Path, fresh: Manifest) -> Manifest:
 def harvest(lab, corpus, sites: str | list[str], out: str | Path, *, tokens: int | None = None, seq_len: int = 512,
             batch_size: int = 8, dtype: str = "float16", chunk_windows: int | None = None,
             covariance: bool = False, compression: str | None = None, resume: bool = False,
-            overwrite: bool = False, engine: str = "local", workers: int = 2, progress: bool = True) -> Store:
-    """Record `sites` over `tokens` tokens of `corpus` into the Zarr store `out`; returns the store."""
+            overwrite: bool = False, engine: str = "local", workers: int = 2, ray_address: str | None = None,
+            progress: bool = True) -> Store:
+    """Record `sites` over `tokens` tokens of `corpus` into the Zarr store `out`; returns the store.
+
+    `engine="ray"` spreads chunks over `workers` Ray actors (a local Ray, or `ray_address` of a
+    cluster); the store is the same as the local engine's.
+    """
     root = Path(out)
     windows, documents, positions, m = plan(lab, corpus, sites, root, tokens, seq_len, batch_size, dtype,
                                             chunk_windows, covariance, compression)
@@ -115,7 +120,8 @@ def harvest(lab, corpus, sites: str | list[str], out: str | Path, *, tokens: int
     if engine == "ray":
         from actlab.store.distributed import harvest_ray
 
-        harvest_ray(lab, root, m, stats, windows, documents, positions, workers=workers, progress=progress)
+        harvest_ray(lab, root, m, stats, windows, documents, positions, workers=workers, progress=progress,
+                    address=ray_address)
     elif engine == "local":
         _harvest_local(lab, root, m, stats, windows, documents, positions, progress)
     else:
