@@ -1,5 +1,6 @@
 """A harvest killed with SIGKILL at random instants and resumed ends exactly like an uninterrupted one."""
 
+import json
 import os
 import signal
 import subprocess
@@ -64,3 +65,23 @@ def test_sigkill_and_resume_gives_identical_store(setup):
     assert ref_stats.keys() == got_stats.keys()
     for key in ref_stats:
         assert np.array_equal(ref_stats[key], got_stats[key]), key
+
+
+def test_store_commands(setup, tmp_path):
+    out = tmp_path / "cli.zarr"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "actlab", *a], capture_output=True, text=True)  # noqa: E731
+    res = run("record", str(setup / "model"), "--corpus", str(setup / "text.txt"), "--sites", "blocks.0.resid_post",
+              "--tokens", "1024", "--seq-len", "64", "--dtype", "int8", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(run("stats", str(out), "--json").stdout)
+    site = stats["sites"]["blocks.0.resid_post"]
+    assert stats["tokens"] == 1024 and site["n"] == 1024 and 0 < site["codec_relative_error"] < 0.02
+    assert run("verify", str(out)).returncode == 0
+    bad = run("stats", str(out), "blocks.0.resid_pots")
+    assert bad.returncode == 2 and "did you mean" in bad.stderr
+    again = run("record", str(setup / "model"), "--corpus", str(setup / "text.txt"), "--sites", "blocks.0.resid_post",
+                "--tokens", "1024", "--seq-len", "64", "--out", str(out))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    (out / "blocks.0.resid_post" / "c" / "0" / "0").write_bytes(b"garbage")
+    broken = run("verify", str(out))
+    assert broken.returncode == 1 and "damaged: blocks.0.resid_post chunk 0" in broken.stderr
