@@ -23,6 +23,8 @@ bench: setup
 	bash bench/setup_bench_env.sh
 	$(BIN)/python bench/record_overhead.py
 	.venv-bench/bin/python bench/competitors.py
+	$(BIN)/python bench/harvest.py
+	$(BIN)/python bench/compression.py
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 

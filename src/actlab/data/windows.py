@@ -72,12 +72,14 @@ def token_windows(
     stride: int | None = None,
     max_tokens: int | None = None,
     add_bos: bool | None = None,
+    stream: torch.Tensor | None = None,
 ) -> Windows:
     """Cut a corpus into windows of `seq_len` tokens (see the module docstring for the protocol).
 
     `max_tokens` caps the stream tokens used (so non-overlapping windows number
     `max_tokens // stream tokens per window`); `add_bos=None` prepends BOS when the tokenizer
-    would add it itself.
+    would add it itself. `stream` passes the corpus already tokenized (as `tokenize_stream` would),
+    for callers that tokenize it anyway.
     """
     corpus = load_corpus(corpus)
     if seq_len <= 1:
@@ -92,7 +94,8 @@ def token_windows(
     if max_tokens is not None and max_tokens < 1:
         raise ActlabError(f"max_tokens must be positive, got {max_tokens}")
 
-    stream = tokenize_stream(tokenizer, corpus.text())
+    if stream is None:
+        stream = tokenize_stream(tokenizer, corpus.text())
     total = len(stream)
     usable = total if max_tokens is None else min(total, max_tokens)
     if usable < span:

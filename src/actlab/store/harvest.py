@@ -28,22 +28,25 @@ from actlab.store.writer import BackgroundWriter
 CHUNK_TOKENS = 8192  # target tokens per chunk: ~9 MB of float16 for d_model 576
 
 
-def window_index(tokenizer, corpus: Corpus, windows) -> tuple[torch.Tensor, torch.Tensor]:
-    """Document id and in-window position of every token of every window: two `[n_windows, seq_len]`."""
-    p = windows.protocol
-    n, seq_len = windows.input_ids.shape
-    span = seq_len - 1 if p["bos"] else seq_len
-    text = corpus.text()
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+def tokenize_with_documents(tokenizer, corpus: Corpus) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corpus token stream (as the windowing protocol tokenizes it) and each token's document."""
+    enc = tokenizer(corpus.text(), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     starts, pos = [], 0
     for doc in corpus.documents:
         starts.append(pos)
         pos += len(doc) + 2  # documents are joined with "\n\n"
-    used = enc["offset_mapping"][: n * p["stride"] + span]
-    docs = torch.tensor([bisect.bisect_right(starts, a) - 1 for a, _ in used], dtype=torch.int32)
+    docs = [bisect.bisect_right(starts, a) - 1 for a, _ in enc["offset_mapping"]]
+    return torch.tensor(enc["input_ids"], dtype=torch.long), torch.tensor(docs, dtype=torch.int32)
+
+
+def window_index(windows, stream_documents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Document id and in-window position of every token of every window: two `[n_windows, seq_len]`."""
+    p = windows.protocol
+    n, seq_len = windows.input_ids.shape
+    span = seq_len - 1 if p["bos"] else seq_len
     take = torch.arange(n)[:, None] * p["stride"] + torch.arange(span)[None, :]
-    documents = docs[take]
-    if p["bos"]:
+    documents = stream_documents[take]
+    if p["bos"]:  # BOS belongs to the document of the token after it
         documents = torch.cat([documents[:, :1], documents], dim=1)
     positions = torch.arange(seq_len, dtype=torch.int32).expand(n, seq_len)
     return documents, positions
@@ -69,8 +72,9 @@ def plan(lab, corpus, sites, out, tokens, seq_len, batch_size, dtype, chunk_wind
     if variable:
         raise ActlabError(f"cannot store {variable[0]}: its shape varies with the sequence; record it in memory")
     corpus = load_corpus(corpus)
-    windows = token_windows(lab.tokenizer, corpus, seq_len, max_tokens=tokens)
-    documents, positions = window_index(lab.tokenizer, corpus, windows)
+    stream, stream_documents = tokenize_with_documents(lab.tokenizer, corpus)
+    windows = token_windows(lab.tokenizer, corpus, seq_len, max_tokens=tokens, stream=stream)
+    documents, positions = window_index(windows, stream_documents)
     m = Manifest(actlab_version=actlab.__version__, model=lab.name, fingerprint=lab.fingerprint.to_dict(),
                  sites={s.name: list(s.shape) for s in chosen}, codec=dtype, compression=compression,
                  seq_len=seq_len, n_windows=len(windows), batch_size=batch_size,

@@ -3,6 +3,7 @@ folds statistics and commits, so the forward pass does not wait for the disk."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from pathlib import Path
@@ -62,6 +63,10 @@ class BackgroundWriter:
             raise RuntimeError("the store writer failed") from self.error
 
     def _run(self) -> None:
+        try:  # a lower priority for this thread: on few cores the forward pass comes first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         m = self.manifest
         while (chunk := self.queue.get()) is not None:
             if self.error is not None:
