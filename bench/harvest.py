@@ -1,7 +1,7 @@
 """Harvest throughput: actlab's on-disk store against recording in memory and the HF baseline.
 
 On smollm2-135m (float32 model), the 30 `blocks.*.resid_post` sites over 16,384 tokens of
-austen:train (32 windows of 512, batch 4), interleaved rounds:
+austen:test (32 windows of 512, batch 4), interleaved rounds:
 - memory: the same windows and batches recorded with `lab.record` and kept in RAM;
 - harvest: `al.harvest(..., dtype="float16")` to a fresh Zarr store (statistics included);
 - hf_save: what a user writes by hand, `output_hidden_states=True` + `torch.save` per batch.
@@ -26,7 +26,7 @@ SITES = "blocks.*.resid_post"
 def main() -> None:
     torch.set_num_threads(THREADS)
     lab = al.load("smollm2-135m", dtype="float32")
-    corpus = al.data.corpus("austen", split="train")
+    corpus = al.data.corpus("austen", split="test")
     windows = al.data.token_windows(lab.tokenizer, corpus, SEQ, max_tokens=TOKENS)
     work = Path(tempfile.mkdtemp(prefix="actlab-bench-"))
     sites = lab.sites(SITES)

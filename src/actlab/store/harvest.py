@@ -78,7 +78,9 @@ def plan(lab, corpus, sites, out, tokens, seq_len, batch_size, dtype, chunk_wind
     m = Manifest(actlab_version=actlab.__version__, model=lab.name, fingerprint=lab.fingerprint.to_dict(),
                  sites={s.name: list(s.shape) for s in chosen}, codec=dtype, compression=compression,
                  seq_len=seq_len, n_windows=len(windows), batch_size=batch_size,
-                 chunk_windows=_chunk_windows(batch_size, seq_len, chunk_windows), covariance=covariance,
+                 chunk_windows=min(_chunk_windows(batch_size, seq_len, chunk_windows),
+                                   -(-len(windows) // batch_size) * batch_size),  # edge chunks are stored whole
+                 covariance=covariance,
                  corpus=windows.protocol)
     return windows, documents, positions, m
 
