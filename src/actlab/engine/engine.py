@@ -129,13 +129,15 @@ class Engine:
         ids = kwargs.get("input_ids", args[0] if args else None)
         ref = ids if ids is not None else kwargs["inputs_embeds"]
         batch, q_len = ref.shape[:2]
-        cache = kwargs.get("past_key_values")
-        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
-        if mask is None or mask.dim() != 2:
+        if mask is not None and mask.dim() == 2:  # covers cached and new tokens: the rest is the past
+            past = mask.shape[1] - q_len
+        else:  # the cache argument is `past_key_values` (transformers <= 5.23) or `cache` (5.24)
+            cache = kwargs.get("past_key_values", kwargs.get("cache"))
+            past = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
             mask = torch.ones(batch, past + q_len, dtype=torch.bool, device=ref.device)
         self._step = 0 if past == 0 else self._step + 1
-        self.state = ForwardState(mask.bool()[:, -(past + q_len):], q_len, past, self._step)
+        self.state = ForwardState(mask.bool(), q_len, past, self._step)
         for rec in self.recordings:
             rec.begin_call(self.state)
 
