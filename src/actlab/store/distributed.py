@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from safetensors.torch import load as load_tensors, save as save_tensors
 
 from actlab.errors import ActlabError
@@ -31,7 +32,7 @@ class ChunkRecorder:
         torch.set_num_threads(1)
         self.lab = al.load(reference["model"], dtype=reference["dtype"])
         self.manifest = Manifest.model_validate_json(manifest_json)
-        self.windows, self.documents, self.positions = arrays
+        self.input_ids, self.documents, self.positions = arrays
         self.group = zarr.open_group(root, mode="r+", zarr_format=3)
 
     def __call__(self, batch: dict) -> dict:
@@ -40,7 +41,8 @@ class ChunkRecorder:
 
         out = {"index": [], "sums": [], "stats": []}
         for index in batch["id"]:
-            chunk = record_chunk(self.lab, self.manifest, int(index), self.windows, self.documents, self.positions)
+            chunk = record_chunk(self.lab, self.manifest, int(index), self.input_ids, self.documents,
+                                 self.positions)
             sums, stats = write_chunk(self.group, self.manifest, chunk)
             tensors = {k: v for site, s in stats.items() for k, v in s.tensors(site).items()}
             out["index"].append(int(index))
@@ -48,13 +50,6 @@ class ChunkRecorder:
             out["stats"].append(save_tensors(tensors))
         return {"index": np.array(out["index"]), "sums": np.array(out["sums"], dtype=object),
                 "stats": np.array(out["stats"], dtype=object)}
-
-
-class _Windows:
-    """The parts of `Windows` a recorder needs, small enough to ship to actors."""
-
-    def __init__(self, input_ids: torch.Tensor):
-        self.input_ids = input_ids
 
 
 def harvest_ray(lab, root, m: Manifest, stats: dict[str, SiteStats], windows, documents, positions,
@@ -73,7 +68,7 @@ def harvest_ray(lab, root, m: Manifest, stats: dict[str, SiteStats], windows, do
     remaining = list(range(first, m.n_chunks))
     if not remaining:
         return
-    shipped = (_Windows(windows.input_ids), documents, positions)
+    shipped = (windows.input_ids, documents, positions)
     dataset = ray.data.from_items([{"id": i} for i in remaining], override_num_blocks=len(remaining))
     results = dataset.map_batches(
         ChunkRecorder, fn_constructor_args=(lab.reference, str(root), m.model_dump_json(), shipped),
@@ -81,13 +76,17 @@ def harvest_ray(lab, root, m: Manifest, stats: dict[str, SiteStats], windows, do
     )
     pending: dict[int, tuple[dict, dict]] = {}
     next_index = first
-    for row in results.iter_rows():
-        sums = json.loads(row["sums"])
-        tensors = load_tensors(bytes(row["stats"]))
-        pending[int(row["index"])] = (sums, {s: SiteStats.from_tensors(tensors, s) for s in m.sites})
-        while next_index in pending:  # fold and commit strictly in chunk order
-            chunk_sums, chunk_stats = pending.pop(next_index)
-            fold(m, stats, next_index, chunk_sums, chunk_stats)
-            done = min((next_index + 1) * m.chunk_windows, m.n_windows)
-            commit(root, m, stats, done, complete=done == m.n_windows)
-            next_index += 1
+    with Progress(TextColumn("harvest (ray)"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+                  transient=True, disable=not progress) as bar:
+        task = bar.add_task("harvest", total=m.n_chunks, completed=first)
+        for row in results.iter_rows():
+            tensors = load_tensors(bytes(row["stats"]))
+            pending[int(row["index"])] = (json.loads(row["sums"]),
+                                          {s: SiteStats.from_tensors(tensors, s) for s in m.sites})
+            while next_index in pending:  # fold and commit strictly in chunk order
+                chunk_sums, chunk_stats = pending.pop(next_index)
+                fold(m, stats, next_index, chunk_sums, chunk_stats)
+                done = min((next_index + 1) * m.chunk_windows, m.n_windows)
+                commit(root, m, stats, done, complete=done == m.n_windows)
+                next_index += 1
+                bar.advance(task)

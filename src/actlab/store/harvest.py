@@ -60,7 +60,7 @@ def _chunk_windows(batch_size: int, seq_len: int, chunk_windows: int | None) -> 
     return chunk_windows
 
 
-def plan(lab, corpus, sites, out, tokens, seq_len, batch_size, dtype, chunk_windows, covariance, compression):
+def plan(lab, corpus, sites, tokens, seq_len, batch_size, dtype, chunk_windows, covariance, compression):
     """Windows, document ids, positions and the manifest a harvest with these settings writes."""
     check_codec(dtype)
     if compression not in (None, "zstd"):
@@ -109,7 +109,7 @@ def harvest(lab, corpus, sites: str | list[str], out: str | Path, *, tokens: int
     cluster); the store is the same as the local engine's.
     """
     root = Path(out)
-    windows, documents, positions, m = plan(lab, corpus, sites, root, tokens, seq_len, batch_size, dtype,
+    windows, documents, positions, m = plan(lab, corpus, sites, tokens, seq_len, batch_size, dtype,
                                             chunk_windows, covariance, compression)
     if (root / MANIFEST).exists() and resume:
         m = _open_for_resume(root, m)
@@ -135,17 +135,17 @@ def harvest(lab, corpus, sites: str | list[str], out: str | Path, *, tokens: int
     return Store(root, lab)
 
 
-def record_chunk(lab, m: Manifest, index: int, windows, documents, positions) -> ChunkData:
+def record_chunk(lab, m: Manifest, index: int, input_ids, documents, positions) -> ChunkData:
     """Run the model over the windows of chunk `index` and collect everything it writes."""
     lo, hi = index * m.chunk_windows, min((index + 1) * m.chunk_windows, m.n_windows)
     parts: dict[str, list[torch.Tensor]] = {s: [] for s in m.sites}
     for start in range(lo, hi, m.batch_size):
-        ids = windows.input_ids[start:min(start + m.batch_size, hi)]
+        ids = input_ids[start:min(start + m.batch_size, hi)]
         with lab.record(list(m.sites)) as rec:
             lab.forward(ids, return_logits=False)
         for s in m.sites:
             parts[s].append(rec[s])
-    return ChunkData(index, windows.input_ids[lo:hi].flatten(), documents[lo:hi].flatten(),
+    return ChunkData(index, input_ids[lo:hi].flatten(), documents[lo:hi].flatten(),
                      positions[lo:hi].flatten(), {s: torch.cat(v) for s, v in parts.items()})
 
 
@@ -157,7 +157,7 @@ def _harvest_local(lab, root, m, stats, windows, documents, positions, progress:
         with Progress(*columns, transient=True, disable=not progress) as bar:
             task = bar.add_task("harvest", total=m.n_chunks, completed=first)
             for index in range(first, m.n_chunks):
-                writer.put(record_chunk(lab, m, index, windows, documents, positions))
+                writer.put(record_chunk(lab, m, index, windows.input_ids, documents, positions))
                 bar.advance(task)
     finally:
         writer.close()
