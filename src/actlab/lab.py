@@ -107,11 +107,8 @@ class Lab:
             self.engine.remove_edits(pairs)
 
     def _edit_pairs(self, edits) -> list[tuple[Site, object]]:
-        if hasattr(edits, "edits") and callable(edits.edits):  # artifacts: steering vectors, recipes
-            edits = edits.edits()
-        items = list(edits.items()) if isinstance(edits, Mapping) else list(edits)
         pairs = []
-        for pattern, edit in items:
+        for pattern, edit in self._edit_items(edits):
             for e in edit if isinstance(edit, (list, tuple)) else [edit]:
                 if not callable(e):
                     raise ActlabError(f"edit for {pattern!r} is not callable: {e!r}")
@@ -119,6 +116,20 @@ class Lab:
         if not pairs:
             raise ActlabError("no edits given")
         return pairs
+
+    def _edit_items(self, edits) -> list[tuple[str, object]]:
+        """Flatten `{site: edit}`, `[(site, edit)]`, artifacts with `.edits(lab)` and lists of those."""
+        if hasattr(edits, "edits") and callable(edits.edits):  # steering vectors, recipes: checked against this lab
+            return self._edit_items(edits.edits(self))
+        if isinstance(edits, Mapping):
+            return list(edits.items())
+        items = []
+        for item in edits:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                items.append(item)
+            else:
+                items.extend(self._edit_items(item))
+        return items
 
     # -- running ---------------------------------------------------------------------------------
     def tokenize(self, prompts: Prompts, padding_side: str = "left") -> dict[str, torch.Tensor]:

@@ -1,7 +1,21 @@
-"""Corpora and the one windowing protocol used by every evaluation and harvest."""
+"""Corpora, prompt sets and the one windowing protocol used by every evaluation and harvest."""
 
 from actlab.data.austen import fetch_austen
+from actlab.data.bandit import BanditPrompts, bandit_prompts
 from actlab.data.corpus import Corpus, corpus
+from actlab.data.prompts import ContrastivePairs, PromptList, apply_chat, prompts
 from actlab.data.windows import Windows, token_windows
 
-__all__ = ["Corpus", "Windows", "corpus", "fetch_austen", "token_windows"]
+__all__ = [
+    "BanditPrompts",
+    "ContrastivePairs",
+    "Corpus",
+    "PromptList",
+    "Windows",
+    "apply_chat",
+    "bandit_prompts",
+    "corpus",
+    "fetch_austen",
+    "prompts",
+    "token_windows",
+]

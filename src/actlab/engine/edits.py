@@ -92,6 +92,18 @@ class SetProjection(Edit):
 
 
 @dataclass
+class ScaleProjection(Edit):
+    """x + (factor − 1)(x·u)u: multiplies the component along `direction` by `factor`."""
+
+    direction: torch.Tensor
+    factor: float
+
+    def apply(self, x, ctx):
+        u = _unit(self.direction, x)
+        return x + (self.factor - 1.0) * (x * u).sum(-1, keepdim=True) * u
+
+
+@dataclass
 class Clamp(Edit):
     """Elementwise clamp to [min, max]."""
 
@@ -176,6 +188,10 @@ def project_out(direction, positions: Positions = "all") -> ProjectOut:
 
 def set_projection(direction, value: float, positions: Positions = "all") -> SetProjection:
     return SetProjection(direction=torch.as_tensor(direction), value=value, positions=positions)
+
+
+def scale_projection(direction, factor: float, positions: Positions = "all") -> ScaleProjection:
+    return ScaleProjection(direction=torch.as_tensor(direction), factor=factor, positions=positions)
 
 
 def clamp(min: float | None = None, max: float | None = None, positions: Positions = "all") -> Clamp:

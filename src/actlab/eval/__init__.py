@@ -1,5 +1,6 @@
-"""One evaluation protocol for everything: perplexity, KL divergence / top-1 agreement, entropy."""
+"""One evaluation protocol for everything: perplexity, KL divergence / top-1 agreement, entropy, behaviour."""
 
+from actlab.eval.behaviour import REFUSAL_PHRASES, refusal_flags, sentiment_scores
 from actlab.eval.divergence import kl_divergence
 from actlab.eval.entropy import entropy
 from actlab.eval.perplexity import perplexity
@@ -16,10 +17,13 @@ __all__ = [
     "DivergenceResult",
     "EntropyResult",
     "PerplexityResult",
+    "REFUSAL_PHRASES",
     "entropy",
     "kl_divergence",
     "perplexity",
+    "refusal_flags",
     "result_from_dict",
     "result_from_json",
     "same_protocol",
+    "sentiment_scores",
 ]
