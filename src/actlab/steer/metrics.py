@@ -87,3 +87,28 @@ class ProbeScore:
         acts, _ = read_activations(lab, list(self.prompts), self.site, self.read)
         u = torch.as_tensor(self.direction).float()
         return float((acts[lab.sites(self.site)[0]] @ (u / u.norm())).mean())
+
+
+@dataclass
+class ActionEntropy:
+    """Mean entropy (nats) of the next-token distribution restricted to the action tokens (EAST's measure)."""
+
+    prompts: Sequence[str]
+    actions: Sequence[str] | None = None
+    batch_size: int = 16
+
+    name = "action_entropy"
+
+    def __post_init__(self):
+        self.actions = list(self.actions if self.actions is not None else getattr(self.prompts, "actions", []))
+        self.prompts = list(getattr(self.prompts, "texts", self.prompts))
+
+    def __call__(self, lab) -> float:
+        from actlab.steer.extract import action_entropy, action_token_ids
+
+        ids = action_token_ids(lab.tokenizer, self.actions)
+        values = []
+        for start in range(0, len(self.prompts), self.batch_size):
+            logits = lab.forward(self.prompts[start:start + self.batch_size])
+            values.append(action_entropy(logits[:, -1], ids))
+        return float(torch.cat(values).mean())

@@ -71,12 +71,17 @@ class AlphaSweep:
 
 @dataclass
 class LayerSearch:
-    """Rank layers by held-out class separation, then sweep alpha at the best `top_layers` of them."""
+    """Rank layers by held-out class separation, then sweep alpha at the best `top_layers` of them.
+
+    Separation and steerability need not peak at the same layer (on SmolLM2 sentiment they do
+    not, see docs/steering.md): `sweep_sites` sweeps chosen sites instead.
+    """
 
     metric: Callable[[Any], float] | None = None
     estimator: Estimator = field(default_factory=lambda: DiffMean(progress=False))
     sites: str | Sequence[str] = "blocks.*.resid_post"
     top_layers: int = 3
+    sweep_sites: str | Sequence[str] | None = None  # sweep these instead of the top layers
     test_fraction: float = 0.25
     seed: int = 0
     alphas: Sequence[float] = (1.0, 2.0, 4.0, 8.0)
@@ -114,8 +119,12 @@ class LayerSearch:
                            progress=self.progress)
         baseline = float(self.metric(lab))
         rows = []
-        for row in layers[:self.top_layers]:
-            rows.extend(sweep.rows(lab, vectors[row["site"]]))
+        chosen_sites = lab.sites(self.sweep_sites) if self.sweep_sites is not None \
+            else [r["site"] for r in layers[:self.top_layers]]
+        for site in chosen_sites:
+            if site not in vectors:
+                raise ActlabError(f"sweep site {site} is not among the searched sites")
+            rows.extend(sweep.rows(lab, vectors[site]))
         return SearchResult(layers, rows, baseline, _choose(rows), vectors, self.kl_budget)
 
 
