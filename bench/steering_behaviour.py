@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+torch.set_num_threads(1)  # a fixed thread count: the numbers do not depend on the machine
+
 import actlab as al
 
 RESULTS = Path(__file__).parent / "results" / "steering_behaviour.json"
@@ -63,8 +65,9 @@ def sentiment(lab) -> dict:
                                     max_tokens=2048, progress=False)
     out["random_direction_kl"] = {"kl_mean": control.kl_mean, "top1_agreement": control.top1_agreement}
     print("random", control.kl_mean, flush=True)
-    for name, v in [("sweep_positive", vec), ("sweep_negative", -vec)]:
-        sweep = al.steer.AlphaSweep(metric, alphas=SWEEP_ALPHAS, kl_budget=SWEEP_KL_BUDGET, progress=False).fit(lab, v)
+    for name, v, up in [("sweep_positive", vec, True), ("sweep_negative", -vec, False)]:
+        sweep = al.steer.AlphaSweep(metric, alphas=SWEEP_ALPHAS, kl_budget=SWEEP_KL_BUDGET, maximize=up,
+                                    progress=False).fit(lab, v)
         out[name] = {"rows": sweep.sweep, "chosen": sweep.chosen, "kl_budget": SWEEP_KL_BUDGET}
         print(name, sweep.chosen, flush=True)
     return out

@@ -5,8 +5,8 @@ vector on training pairs at every candidate layer and keep the layer where held-
 and negative activations separate most along it. Separation is the standardised gap of the
 projections, (mean₊ − mean₋) / pooled std, reported with the held-out accuracy of the midpoint
 threshold. The alpha sweep steers at the best layers with each alpha, measures the behaviour
-metric and KL(unsteered ‖ steered) on neutral text, and picks the highest metric whose KL stays
-within the budget.
+metric and KL(unsteered ‖ steered) on neutral text, and picks the highest (or, with
+`maximize=False`, lowest) metric whose KL stays within the budget.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class AlphaSweep:
     corpus: str = "austen:test"
     kl_tokens: int = 1024
     seq_len: int = 256
+    maximize: bool = True  # False: the lowest metric wins (e.g. steering sentiment down)
     progress: bool = True
 
     def rows(self, lab, vector: SteeringVector) -> list[dict[str, Any]]:
@@ -66,7 +67,8 @@ class AlphaSweep:
     def fit(self, lab, vector: SteeringVector) -> "SearchResult":
         baseline = float(self.metric(lab))
         rows = self.rows(lab, vector)
-        return SearchResult([], rows, baseline, _choose(rows), {vector.sites[0]: vector}, self.kl_budget)
+        return SearchResult([], rows, baseline, choose(rows, self.maximize), {",".join(vector.sites): vector},
+                            self.kl_budget)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class LayerSearch:
     tokens: Positions = "all"
     corpus: str = "austen:test"
     kl_tokens: int = 1024
+    maximize: bool = True
     progress: bool = True
 
     def fit(self, lab, positive: ContrastivePairs | Sequence[str], negative: Sequence[str] | None = None) -> "SearchResult":
@@ -116,7 +119,7 @@ class LayerSearch:
         if self.metric is None:
             return SearchResult(layers, [], None, {"site": layers[0]["site"], "alpha": None}, vectors, self.kl_budget)
         sweep = AlphaSweep(self.metric, self.alphas, self.kl_budget, self.tokens, self.corpus, self.kl_tokens,
-                           progress=self.progress)
+                           maximize=self.maximize, progress=self.progress)
         baseline = float(self.metric(lab))
         rows = []
         chosen_sites = lab.sites(self.sweep_sites) if self.sweep_sites is not None \
@@ -125,7 +128,7 @@ class LayerSearch:
             if site not in vectors:
                 raise ActlabError(f"sweep site {site} is not among the searched sites")
             rows.extend(sweep.rows(lab, vectors[site]))
-        return SearchResult(layers, rows, baseline, _choose(rows), vectors, self.kl_budget)
+        return SearchResult(layers, rows, baseline, choose(rows, self.maximize), vectors, self.kl_budget)
 
 
 def _split(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,11 +139,12 @@ def _split(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch
     return order[n_test:], order[:n_test]
 
 
-def _choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def choose(rows: list[dict[str, Any]], maximize: bool = True) -> dict[str, Any]:
+    """The sweep row with the best metric (highest, or lowest) among those within the KL budget."""
     ok = [r for r in rows if r["within_budget"]]
     if not ok:
         return {"site": None, "alpha": None, "reason": "no setting stays within the KL budget"}
-    best = max(ok, key=lambda r: r["metric"])
+    best = (max if maximize else min)(ok, key=lambda r: r["metric"])
     return {"site": best["site"], "alpha": best["alpha"], "metric": best["metric"], "kl": best["kl"]}
 
 
