@@ -26,6 +26,9 @@ bench: setup
 	.venv-bench/bin/python bench/competitors.py
 	$(BIN)/python bench/harvest.py
 	$(BIN)/python bench/compression.py
+	$(BIN)/python bench/steering.py
+	bash bench/setup_steer_bench_env.sh
+	.venv-steer/bin/python bench/steering_competitors.py
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 
@@ -50,4 +53,4 @@ $(VENV)/.stamp-gemma3: $(VENV)/.stamp-core
 	touch $@
 
 clean:
-	rm -rf $(VENV) .venv-bench
+	rm -rf $(VENV) .venv-bench .venv-steer

@@ -131,6 +131,11 @@ def versions(*packages: str) -> dict[str, str]:
     return found
 
 
+def environment(before: dict, *packages: str) -> dict:
+    """The machine before and after a run and the package versions, for a result file."""
+    return {"machine_before": before, "machine_after": machine(), "versions": versions(*packages)}
+
+
 def write_json(name: str, data: dict) -> Path:
     """Write `data` to `bench/results/<name>` and return the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)

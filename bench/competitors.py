@@ -29,8 +29,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import actlab as al
-from common import (BATCH, MODEL_DIR, QUIET_CORES, SEED, SEQ, THREADS, describe, interleaved, machine, random_ids,
-                    ratio, summary, versions, write_json)
+from common import (BATCH, MODEL_DIR, QUIET_CORES, SEED, SEQ, THREADS, describe, environment, interleaved,
+                    machine, random_ids, ratio, summary, write_json)
 
 SITES = "blocks.*.resid_post"
 # (variant, baseline): each tool against plain HF with the same attention, then the parts of TL's cost
@@ -147,9 +147,7 @@ def main() -> None:
             "ratios": "time of the variant over time of the baseline (plain HF with the same attention first)",
         },
         "attention": tools.attention(),
-        "machine_before": before,
-        "machine_after": machine(),
-        "versions": versions("torch", "transformers", "transformer-lens", "nnsight", "actlab"),
+        **environment(before, "torch", "transformers", "transformer-lens", "nnsight", "actlab"),
         "timings": summary(times),
         "ratios": ratios,
         "equality": same,

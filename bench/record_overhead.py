@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import actlab as al
-from common import (BATCH, QUIET_CORES, SEQ, SEED, THREADS, describe, interleaved, machine, random_ids, ratio,
-                    summary, versions, write_json)
+from common import (BATCH, QUIET_CORES, SEED, SEQ, THREADS, describe, environment, interleaved, machine,
+                    random_ids, ratio, summary, write_json)
 
 SITES = "blocks.*.resid_post"
 STEER_SITE, ALPHA, NEW_TOKENS = "blocks.10.resid_post", 4.0, 64
@@ -161,9 +161,7 @@ def main() -> None:
             "prompts": PROMPTS,
         },
         "targets": TARGETS,
-        "machine_before": before,
-        "machine_after": machine(),
-        "versions": versions("torch", "transformers", "actlab"),
+        **environment(before, "torch", "transformers", "actlab"),
         "results": results,
     })
     for dtype, r in results.items():

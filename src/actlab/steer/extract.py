@@ -102,7 +102,8 @@ class PCADiff(Estimator):
     "Improving Reasoning Performance in Large Language Models via Representation Engineering",
     arXiv 2504.19483. `center=True` subtracts the mean difference first (what repeng's `pca_diff`
     does through sklearn's PCA); the default keeps it, so the component follows the consistent
-    shift. Oriented and scaled to the mean difference's projection (alpha=1 ≈ one typical pair).
+    shift. Oriented so that most pairs project positively (repeng's rule) and scaled to the mean
+    |projection| of the differences (alpha=1 ≈ one typical pair along the component).
     """
 
     center: bool = False
@@ -110,8 +111,11 @@ class PCADiff(Estimator):
 
     def direction(self, pos, neg):
         diffs = pos.double() - neg.double()
-        x = diffs - diffs.mean(0) if self.center else diffs
-        return _signed_unit_scaled(_top_component(x).double(), diffs.mean(0)).float()
+        u = _top_component(diffs - diffs.mean(0) if self.center else diffs).double()
+        projections = diffs @ u
+        if (projections > 0).sum() < (projections < 0).sum():  # orient by a majority vote of the pairs
+            u, projections = -u, -projections
+        return (u * projections.abs().mean()).float()
 
 
 @dataclass
