@@ -35,3 +35,14 @@ def test_bad_input_is_one_line():
     assert res.returncode == 2 and "unknown method" in res.stderr and "Traceback" not in res.stderr
     res = actlab("steer", "eval", "smollm2-135m", "--vector", "/nonexistent.steer")
     assert res.returncode == 2 and "not an actlab artifact" in res.stderr
+
+
+def test_search_ranks_layers_and_saves_the_best(tmp_path):
+    out = tmp_path / "best.steer"
+    res = actlab("steer", "search", "smollm2-135m", "--pairs", "sentiment:test", "--metric", "none",
+                 "--sites", "blocks.4-6.resid_post", "--out", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    ranked = [r["separation"] for r in result["layers"]]
+    assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+    assert al.steer.SteeringVector.load(out).sites == [result["chosen"]["site"]] == [result["layers"][0]["site"]]
