@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ["README.md", "docs/sites.md", "docs/record-edit.md", "docs/evaluation.md", "docs/store.md", "docs/steering.md"]
+FILES = ["README.md", "docs/sites.md", "docs/record-edit.md", "docs/evaluation.md", "docs/store.md", "docs/steering.md", "docs/quantization.md"]
 
 pytestmark = [pytest.mark.embedded, pytest.mark.xdist_group("docs")]
 
