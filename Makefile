@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python bench/steering.py
 	bash bench/setup_steer_bench_env.sh
 	.venv-steer/bin/python bench/steering_competitors.py
+	$(BIN)/python bench/int8_linear.py
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 
