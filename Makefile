@@ -30,6 +30,7 @@ bench: setup
 	bash bench/setup_steer_bench_env.sh
 	.venv-steer/bin/python bench/steering_competitors.py
 	$(BIN)/python bench/int8_linear.py
+	$(BIN)/python bench/quant_linear.py
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 
