@@ -10,7 +10,7 @@ action: the next token is " A" or " B".
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,16 +43,24 @@ class BanditPrompts:
 
     def action_token_ids(self, tokenizer: Any) -> list[int]:
         """The token id of each action; an error unless each is one token, also after a prompt."""
-        ids = []
-        for action in self.actions:
-            alone = tokenizer.encode(action, add_special_tokens=False)
-            prompt = tokenizer.encode(self.texts[0], add_special_tokens=False)
-            joined = tokenizer.encode(self.texts[0] + action, add_special_tokens=False)
-            if len(alone) != 1 or joined != prompt + alone:
-                raise ActlabError(f"action {action!r} is not a single token after a prompt for this tokenizer "
-                                  f"(it encodes as {alone})")
-            ids.append(alone[0])
-        return ids
+        return action_token_ids(tokenizer, self.actions, after=self.texts[0])
+
+
+def action_token_ids(tokenizer: Any, actions: Sequence[str], after: str | None = None) -> list[int]:
+    """The single token id of each action string; an error unless each is one token on its own
+    and (given `after`, a prompt) also when appended to that prompt."""
+    ids = []
+    for action in actions:
+        alone = tokenizer.encode(action, add_special_tokens=False)
+        ok = len(alone) == 1
+        if ok and after is not None:
+            prompt = tokenizer.encode(after, add_special_tokens=False)
+            ok = tokenizer.encode(after + action, add_special_tokens=False) == prompt + alone
+        if not ok:
+            raise ActlabError(f"action {action!r} is not a single token after a prompt for this tokenizer "
+                              f"(it encodes as {alone}); actions must be one token each")
+        ids.append(alone[0])
+    return ids
 
 
 def _render(history: list[tuple[str, int]]) -> str:

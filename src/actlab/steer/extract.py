@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from actlab.data.bandit import action_token_ids
 from actlab.data.prompts import ContrastivePairs
 from actlab.errors import ActlabError
 from actlab.steer.reading import Read, check_read, read_activations
@@ -190,7 +191,7 @@ class EAST:
         actions = list(actions if actions is not None else getattr(prompts, "actions", []))
         if len(actions) < 2:
             raise ActlabError("EAST needs at least two action strings (e.g. [' A', ' B'])")
-        ids = action_token_ids(lab.tokenizer, actions)
+        ids = action_token_ids(lab.tokenizer, actions, after=texts[0])
         names = lab.sites(sites)
         acts, last_logits = read_activations(lab, texts, names, self.read, self.batch_size, self.progress,
                                              logits_at_last=True)
@@ -202,17 +203,6 @@ class EAST:
                 **getattr(prompts, "provenance", {})}
         params = {"read": self.read, "batch_size": self.batch_size}
         return SteeringVector(directions, lab.fingerprint.to_dict(), "EAST", params, data)
-
-
-def action_token_ids(tokenizer, actions: Sequence[str]) -> list[int]:
-    """The single token id of each action string (an error if one is several tokens)."""
-    ids = []
-    for a in actions:
-        t = tokenizer(a, add_special_tokens=False)["input_ids"]
-        if len(t) != 1:
-            raise ActlabError(f"action {a!r} is {len(t)} tokens for this tokenizer; actions must be one token each")
-        ids.append(t[0])
-    return ids
 
 
 def action_entropy(last_logits: torch.Tensor, action_ids: Sequence[int]) -> torch.Tensor:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from actlab.data.bandit import action_token_ids
 from actlab.data.prompts import apply_chat
 from actlab.errors import ActlabError
 from actlab.eval.behaviour import refusal_flags, sentiment_scores
+from actlab.steer.extract import action_entropy
 from actlab.steer.reading import Read, read_activations
 
 
@@ -104,9 +106,7 @@ class ActionEntropy:
         self.prompts = list(getattr(self.prompts, "texts", self.prompts))
 
     def __call__(self, lab) -> float:
-        from actlab.steer.extract import action_entropy, action_token_ids
-
-        ids = action_token_ids(lab.tokenizer, self.actions)
+        ids = action_token_ids(lab.tokenizer, self.actions, after=self.prompts[0])
         values = []
         for start in range(0, len(self.prompts), self.batch_size):
             logits = lab.forward(self.prompts[start:start + self.batch_size])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from actlab.errors import ActlabError
+from actlab.eval.common import progress_bar
 
 Read = str | int  # "last", "mean" or a token index (negative counts from the end)
 
@@ -33,15 +34,16 @@ def read_activations(lab, prompts: Sequence[str], sites: str | Sequence[str], re
     positions = "all" if read == "mean" else "last" if read == "last" else [read]
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     last_logits = []
-    starts = range(0, len(prompts), batch_size)
-    for start in _progress(starts, progress, "reading activations"):
-        batch = prompts[start:start + batch_size]
-        with lab.record(names, positions=positions, dtype=torch.float32) as rec:
-            out = lab.forward(batch, return_logits=logits_at_last)
-        for n in names:
-            parts[n].append(_one_per_prompt(rec, n, len(batch), read))
-        if logits_at_last:
-            last_logits.append(out[:, -1].float().cpu())  # left padding: the last column is every prompt's last token
+    with progress_bar(len(prompts), "reading activations", progress) as advance:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            with lab.record(names, positions=positions, dtype=torch.float32) as rec:
+                out = lab.forward(batch, return_logits=logits_at_last)
+            for n in names:
+                parts[n].append(_one_per_prompt(rec, n, len(batch), read))
+            if logits_at_last:
+                last_logits.append(out[:, -1].float().cpu())  # left padding: the last column is every prompt's last token
+            advance(len(batch))
     acts = {n: torch.cat(v) for n, v in parts.items()}
     return acts, torch.cat(last_logits) if logits_at_last else None
 
@@ -58,10 +60,3 @@ def _one_per_prompt(rec, name: str, n_prompts: int, read: Read) -> torch.Tensor:
                           f"({values.shape[0]} of {n_prompts} prompts have it)")
     return values
 
-
-def _progress(items, enabled: bool, label: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=label, unit="batch", leave=False)
