@@ -10,7 +10,9 @@ Three experiments, each beside the unsteered baseline, greedy decoding, float32:
   (KL on 1,024 tokens) choosing the best alpha within a KL budget, for each sign;
 - refusal: DiffMean (read="last") on refusal-replies:train at block 12, refusal rate on the 25
   held-out harmful and 25 held-out harmless instructions: unconditional, with the learned
-  controller (reading block 10) and with conditional steering (condition at block 10);
+  controller (reading block 10) and with conditional steering (condition at block 10); and,
+  for contrast, the harmful-minus-harmless instruction direction (`refusal:train`) at blocks
+  12/16/20/24 with alpha 1 and 2;
 - EAST: action entropy on 64 held-out bandit prompts with the EAST vector of block 18 added.
 Writes bench/results/steering_behaviour.json.
 """
@@ -32,6 +34,7 @@ RESULTS = Path(__file__).parent / "results" / "steering_behaviour.json"
 SENTIMENT_SITES, SENTIMENT_ALPHA = "blocks.6-10.resid_post", 1.0
 SWEEP_ALPHAS, SWEEP_KL_BUDGET = (0.5, 1.0, 1.5, 2.0), 0.3
 REFUSAL_SITES, REFUSAL_ALPHA = "blocks.12.resid_post", 2.0
+INSTRUCTION_SITES = "blocks.12.resid_post,blocks.16.resid_post,blocks.20.resid_post,blocks.24.resid_post"
 CONTROLLER_READ, CONDITION_SITE = "blocks.10.resid_post", "blocks.10.resid_post"
 EAST_SITE, EAST_ALPHAS = "blocks.18.resid_post", (-100.0, -50.0, 50.0, 100.0, 200.0)
 
@@ -102,6 +105,9 @@ def refusal(lab) -> dict:
     gate = controller.predict(acts[CONTROLLER_READ])[:, 0]
     n = len(harmful)
     out["controller_scale"] = {"harmful_mean": float(gate[:n].mean()), "harmless_mean": float(gate[n:].mean())}
+    instruction = al.steer.DiffMean(read="last", progress=False).fit(lab, train, sites=INSTRUCTION_SITES)
+    out["instruction_direction"] = {f"{site} alpha {alpha:g}": measure(_sub(instruction, lab, site).add(alpha))
+                                    for site in lab.sites(INSTRUCTION_SITES) for alpha in (1.0, 2.0)}
     samples = al.data.apply_chat(lab.tokenizer, [harmful.texts[0], harmless.texts[0]])
     with lab.edit(conditional.steering()):
         out["samples_conditional"] = lab.generate(samples, max_new_tokens=24)
