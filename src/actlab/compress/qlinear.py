@@ -1,0 +1,92 @@
+"""`QuantLinear`: a linear layer with online input ops and fake (or real int8) quantization.
+
+A recipe swaps every targeted `nn.Linear` of a copy of the model for a `QuantLinear`. Its input
+runs through `ops` in order (a per-channel shift, a per-channel multiplier, a matrix), then the
+input quantizer, then `F.linear` with the (already quantize-dequantized) weight. Transforms that
+cannot be folded into the layer that produces the input (a norm, a projection) live in `ops`;
+with no ops and no quantizers a `QuantLinear` computes exactly what the original linear did.
+`kernel`, when set, is an `Int8Linear` that replaces the fake path by a real int8 matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QuantLinear(nn.Module):
+    """`y = quantize(ops(x)) @ weight.T + bias`; see the module docstring."""
+
+    def __init__(self, linear: nn.Linear, name: str) -> None:
+        super().__init__()
+        self.name = name  # short name, e.g. "blocks.3.mlp.down_proj"
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight  # the model is a private copy: take the parameter over
+        self.bias = linear.bias
+        self.ops: list[tuple[str, torch.Tensor]] = []
+        self.input_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.weight_quantizer: object | None = None  # what quantized the weight (for reports)
+        self.kernel: nn.Module | None = None
+        self.observers: list[Callable[["QuantLinear", torch.Tensor], None]] = []
+        self.quantize_inputs = True  # off while static scales are calibrated on float inputs
+        self.cross_alpha: float | None = None  # set by CrossQuant: its input quantizer crosses rows and columns
+        self.column_pow2: torch.Tensor | None = None  # LLM-FP4: power-of-two column factors held in the exponent bias
+
+    # ------------------------------------------------------------- input ops
+    def add_op(self, kind: str, value: torch.Tensor) -> None:
+        """Append an online op ("shift": x - v, "mul": x * v, "matmul": x @ v), merging it into
+        the last op when both are of the same kind."""
+        value = value.detach().to(torch.float64)
+        if self.ops and self.ops[-1][0] == kind:
+            last = self.ops[-1][1]
+            merged = {"shift": lambda: last + value, "mul": lambda: last * value, "matmul": lambda: last @ value}[kind]()
+            self.ops[-1] = (kind, merged)
+        else:
+            self.ops.append((kind, value))
+
+    def apply_ops(self, x2: torch.Tensor) -> torch.Tensor:
+        for kind, v in self.ops:
+            v = v.to(x2.dtype)
+            x2 = x2 - v if kind == "shift" else x2 * v if kind == "mul" else x2 @ v
+        return x2
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = self.apply_ops(x.reshape(-1, shape[-1]))
+        for observe in self.observers:
+            observe(self, x2)
+        if self.kernel is not None:
+            out = self.kernel(x2)
+        else:
+            if self.input_quantizer is not None and self.quantize_inputs:
+                x2 = self.input_quantizer(x2)
+            out = F.linear(x2, self.weight, self.bias)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        ops = ",".join(k for k, _ in self.ops) or "none"
+        return (f"{self.name}: in={self.in_features}, out={self.out_features}, ops={ops}, "
+                f"w={self.weight_quantizer}, a={self.input_quantizer}, kernel={type(self.kernel).__name__ if self.kernel else None}")
+
+
+def swap_in(model: nn.Module, select: Callable[[str, nn.Linear], str | None]) -> list[QuantLinear]:
+    """Replace every `nn.Linear` for which `select(name, module)` gives a short name by a
+    `QuantLinear` of that name, in place; returns them in module order."""
+    chosen = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear:
+            short = select(name, module)
+            if short is not None:
+                chosen.append((name, short, module))
+    swapped = []
+    for name, short, linear in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        q = QuantLinear(linear, short)
+        setattr(parent, child, q)
+        swapped.append(q)
+    return swapped
