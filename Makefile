@@ -30,7 +30,10 @@ bench: setup
 	bash bench/setup_steer_bench_env.sh
 	.venv-steer/bin/python bench/steering_competitors.py
 	$(BIN)/python bench/int8_linear.py
-	$(BIN)/python bench/quant_linear.py
+	$(BIN)/python bench/quant_recipes.py smollm2-135m
+	$(BIN)/python bench/quant_recipes.py gemma3-270m
+	bash bench/setup_quant_bench_env.sh
+	.venv-quant/bin/python bench/quant_competitors.py --speed
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 
