@@ -2,7 +2,8 @@
 
 (a) one linear, 2048 tokens, 576 -> 1536 and 1536 -> 576: `F.linear` in float32 and bfloat16
     against `Int8Linear` on float32 input (both backends: oneDNN with fused per-channel rescale,
-    and `torch._int_mm`) and on bfloat16 input (oneDNN).
+    and `torch._int_mm`) and on bfloat16 input (oneDNN), and `torch._int_mm` alone on an input
+    quantized beforehand (the int8 kernel without any quantization or rescale: the ceiling).
 (b) prefill of 4 x 512 random tokens, `lab.model(ids, use_cache=False)`: float32, bfloat16, and the
     float32 model with every decoder linear swapped to `Int8Linear` (lm_head and embeddings stay
     float32); plus the agreement of the int8 model with float32 (mean KL(fp32 || int8) per token,
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import actlab as al
-from actlab.compress.int8 import Int8Linear, decoder_linears, swap_linears
+from actlab.compress.int8 import Int8Linear, decoder_linears, quantize_per_token, swap_linears
 from common import THREADS, describe, environment, interleaved, machine, random_ids, ratio, summary, write_json
 
 TOKENS = 2048
@@ -37,14 +38,15 @@ def linears(repeats: int) -> dict:
         q = Int8Linear.from_linear(lin)
         q_mm = Int8Linear.from_linear(lin)
         q_mm.backend = "int_mm"
+        xq = quantize_per_token(x)[0]  # the int8 kernel alone: the ceiling of any int8 linear here
         variants = {"fp32": lambda: F.linear(x, lin.weight), "bf16": lambda: F.linear(xb, lin_bf.weight),
                     "int8_onednn_fp32in": lambda: q(x), "int8_onednn_bf16in": lambda: q(xb),
-                    "int8_int_mm_fp32in": lambda: q_mm(x)}
+                    "int8_int_mm_fp32in": lambda: q_mm(x), "int_mm_kernel_only": lambda: torch._int_mm(xq, q.qweight.t())}
         with torch.no_grad():
             runs = interleaved(variants, repeats, warmup=3)
         ratios = {f"{a}/{b}": ratio(runs, a, b) for a in variants for b in ("fp32", "bf16") if a != b}
         out[f"{TOKENS}x{k}->{n}"] = {"timings": summary(runs), "ratios": ratios}
-        for key in ("int8_onednn_fp32in/bf16", "int8_onednn_bf16in/bf16", "int8_int_mm_fp32in/bf16",
+        for key in ("int_mm_kernel_only/bf16", "int8_onednn_fp32in/bf16", "int8_onednn_bf16in/bf16", "int8_int_mm_fp32in/bf16",
                     "int8_onednn_fp32in/fp32", "bf16/fp32"):
             print(f"{TOKENS}x{k}->{n} {key}: {describe(ratios[key])}")
     return out

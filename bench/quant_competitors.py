@@ -24,6 +24,8 @@ austen:train, as token ids (no re-tokenization).
 - `torchao`: `quantize_(Int8DynamicActivationInt8WeightConfig())` (int8 symmetric dynamic per-token
   activations, int8 symmetric per-channel weights, `Int8Tensor` weights).
 - baselines: fp32 and bf16 (`al.load(..., dtype="bfloat16")`).
+- actlab: `w8a8 kernel=int8` (`Int8Linear`: int8 per-channel weights, int8 per-token activations,
+  int32 matmul) in the float32 model and in the bfloat16 model (the rest of the model in bf16).
 
 Per setting: PPL, ΔPPL % against fp32, seconds to quantize/calibrate, seconds of the evaluation, and
 which matmul kernels one small forward dispatches (torch profiler), to show whether int8 kernels run.
@@ -185,6 +187,12 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001  (a failing library is a result, not the end of the run)
             rows[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+
+    # actlab's real int8 path, in a float32 model and inside a bfloat16 model (norms, attention in bf16)
+    for name, source in (("actlab_w8a8_int8_kernel", lab), ("actlab_w8a8_int8_kernel_in_bf16", labs["bf16"])):
+        started = time.perf_counter()
+        qlab = al.compress.Recipe.parse("w8a8 kernel=int8").calibrate(source, "austen:train", samples=1, progress=False)
+        evaluate(name, qlab, {"recipe": "w8a8 kernel=int8"}, time.perf_counter() - started)
 
     data = {"model": lab.fingerprint.to_dict(), "protocol": protocol["protocol"],
             "calibration": f"{len(calibration)} windows x {SEQ} tokens of austen:train (llmcompressor, quanto)",

@@ -67,6 +67,15 @@ def test_transforms_preserve_every_block_output(arch):
         assert torch.allclose(logits, ref_logits, atol=tol, rtol=0)
 
 
+def test_rotation_keeps_dead_norm_channels_finite():
+    lab = _lab64("gemma3")
+    with torch.no_grad():  # Gemma's gain is 1 + w: w = -1 kills a channel, as in gemma3-270m
+        lab.model.model.layers[1].pre_feedforward_layernorm.weight[:5] = -1.0
+    ref = lab.forward(IDS)
+    got = Recipe.parse("rotate").calibrate(lab, **CALIB).forward(IDS)
+    assert torch.isfinite(got).all() and torch.allclose(got, ref, atol=1e-5 * ref.abs().max())
+
+
 def test_calibrate_leaves_the_original_lab_untouched():
     lab = _lab64("llama")
     before = {k: v.clone() for k, v in lab.model.state_dict().items()}
@@ -124,6 +133,9 @@ def test_overrides_and_lm_head():
     assert str(layers[0].self_attn.q_proj.weight_quantizer) == "int4:per_channel"
     assert isinstance(qlab.model.lm_head, QuantLinear) and qlab.model.lm_head.input_quantizer is None
     assert qlab.model.get_input_embeddings().weight.data_ptr() != qlab.model.lm_head.weight.data_ptr()
+    by_site = Recipe.parse("w8a8 a16@blocks.*.mlp.act").calibrate(make_tiny_lab("llama"), **CALIB)
+    assert by_site.model.model.layers[2].mlp.down_proj.input_quantizer is None
+    assert by_site.model.model.layers[2].mlp.up_proj.input_quantizer is not None
 
 
 def test_int8_kernel_matches_its_fake_quant_twin():

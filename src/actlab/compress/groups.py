@@ -1,12 +1,13 @@
 """Linear groups: the linears that read one input tensor (q/k/v, gate/up, o, down), the module that
 produces that input, and the three exact edits transforms are made of.
 
-`find_groups` runs one short forward and groups `QuantLinear`s that received the *same tensor
-object*, so it needs no per-architecture table of which projections share an input. Each group
+`find_groups` runs one short forward and groups consecutive `QuantLinear`s that received the
+*same input tensor* (same storage; every tensor is kept alive during the pass, so no address is
+reused), so it needs no per-architecture table of which projections share an input. Each group
 gets a site name from the adapter (`attn.in`, `attn.z`, `mlp.in`, `mlp.act`) and, where it can be
 checked or is known, a producer to fold into:
 
-- a norm (checked: the group's input is the norm's output object); RMSNorm, LayerNorm and
+- a norm (checked: the group's input is the norm's output tensor); RMSNorm, LayerNorm and
   Gemma's `x * (1 + w)` form (its offset is detected numerically);
 - the up projection for `down_proj` (`act(gate(x)) * up(x)`, by the Llama/Gemma names);
 - the value projection for `o_proj` (separate q/k/v; channels tied across the query heads that
@@ -176,9 +177,11 @@ class LinearGroup:
         return "online"
 
     def fold_norm_gain(self) -> bool:
-        """Move a norm producer's gain into the consumers (gain becomes 1): QuaRot's first step."""
+        """Move a norm producer's gain into the consumers (gain becomes 1): QuaRot's first step.
+        Channels with a zero gain (Gemma-3 270M has such dead channels) keep it."""
         if isinstance(self.producer, NormProducer) and not self._online() and not self.producer.can_shift:
-            self.scale(self.producer.gain())
+            gain = self.producer.gain()
+            self.scale(torch.where(gain.abs() > 1e-12, gain, torch.ones_like(gain)))
             return True
         return False
 
@@ -216,14 +219,11 @@ def find_groups(lab, linears: list[QuantLinear], probe_ids: torch.Tensor) -> lis
 
     hooks = []
     layers = model.get_submodule(adapter.layers)
-    norms = {}
-    for i, block in enumerate(layers):
+    for block in layers:
         for attr in (adapter.attn_norm, adapter.mlp_norm):
-            try:
-                norm = block.get_submodule(attr)
-            except AttributeError:
+            norm = _submodule(block, attr)
+            if norm is None:
                 continue
-            norms[(i, attr)] = norm
 
             def hook(module, args, output):
                 kept.append(output)
@@ -258,8 +258,7 @@ def find_groups(lab, linears: list[QuantLinear], probe_ids: torch.Tensor) -> lis
             if offset is not None and norm.weight.shape[0] == q.in_features:
                 group.producer = NormProducer(norm, offset)
         elif block is not None and site == "mlp.act" and rel.endswith("down_proj"):
-            up = layers[block].get_submodule(rel.removesuffix("down_proj") + "up_proj") \
-                if _has(layers[block], rel.removesuffix("down_proj") + "up_proj") else None
+            up = _submodule(layers[block], rel.removesuffix("down_proj") + "up_proj")
             if up is not None and up.weight.shape[0] == q.in_features:
                 group.producer = RowsProducer(up, torch.arange(q.in_features))
         elif block is not None and site == "attn.z" and adapter.qkv_layout == "separate":
@@ -268,12 +267,14 @@ def find_groups(lab, linears: list[QuantLinear], probe_ids: torch.Tensor) -> lis
             if index is not None and int(index.max()) < v.weight.shape[0]:
                 group.producer = RowsProducer(v, index)
         groups.append(group)
+    for g in groups:
+        for q in g.linears:
+            q.site = g.name
     return groups
 
 
-def _has(module: nn.Module, path: str) -> bool:
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
     try:
-        module.get_submodule(path)
-        return True
+        return module.get_submodule(path)
     except AttributeError:
-        return False
+        return None

@@ -23,7 +23,7 @@ from actlab.compress.quantizer import Quantizer
 from actlab.compress.transforms import select_groups
 from actlab.errors import ActlabError
 
-CLIP_RATIOS = torch.linspace(0.3, 1.0, 15).tolist()
+CLIP_RATIOS = [round(0.3 + 0.05 * i, 2) for i in range(15)]  # 0.3, 0.35, …, 1.0
 
 
 def fp_formats(bits: int) -> list[FPFormat]:

@@ -23,6 +23,7 @@ class QuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear, name: str) -> None:
         super().__init__()
         self.name = name  # short name, e.g. "blocks.3.mlp.down_proj"
+        self.site: str | None = None  # the input site its group reads, e.g. "blocks.3.mlp.act"
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the model is a private copy: take the parameter over
         self.bias = linear.bias

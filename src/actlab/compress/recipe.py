@@ -15,8 +15,8 @@ A spec is a `Quantizer` spec (`int4:per_group:64:clip=mse`, `fp8_e4m3`, `nf4:per
 where a leading number means `int<number>` and `16`/`32`/`fp` mean "not quantized"; weights
 default to per_channel, inputs to per_token (per_tensor when `static`). Terms apply to every
 linear inside the decoder blocks; `term@pattern` overrides them for modules whose short name
-(`blocks.3.mlp.down_proj`, `lm_head`) matches the glob; a pattern matching `lm_head` brings
-`lm_head` in. `llmfp4(...)` is a quantization stage of its own.
+(`blocks.3.mlp.down_proj`, `lm_head`) or input site (`blocks.3.mlp.act`) matches the glob;
+a pattern matching `lm_head` brings `lm_head` in. `llmfp4(...)` is a quantization stage of its own.
 
 A file holds the same either as `recipe = "..."` or as keys `transforms` (list of names or
 `{name: {arg: value}}`), `weights`, `inputs`, `overrides` (`{pattern: {weights, inputs}}`) and
@@ -94,10 +94,11 @@ class QuantSpec:
     kernel: str | None = None
     is_quantizer = True
 
-    def resolve(self, name: str) -> tuple[str | None, str | None]:
+    def resolve(self, name: str, site: str | None = None) -> tuple[str | None, str | None]:
+        """(weights, inputs) specs of the linear `name` whose input is `site`."""
         w, a = (self.weights, self.inputs) if name.startswith("blocks.") else (None, None)
         for pattern, side, spec in self.overrides:
-            if fnmatch.fnmatchcase(name, pattern):
+            if fnmatch.fnmatchcase(name, pattern) or (site is not None and fnmatch.fnmatchcase(site, pattern)):
                 w, a = (spec, a) if side == "w" else (w, spec)
         return w, a
 
@@ -116,7 +117,7 @@ class QuantSpec:
         return " ".join(terms) or "fp"
 
     def apply(self, state: "CalibrationState") -> None:
-        plans = {q.name: self.resolve(q.name) for q in state.linears}
+        plans = {q.name: self.resolve(q.name, q.site) for q in state.linears}
         for q in state.linears:
             a = plans[q.name][1]
             if a is not None:
