@@ -77,11 +77,14 @@ class Rotate:
     """QuaRot-style rotation (Ashkboos et al., 2024): fold each norm's gain into its consumers,
     then rotate every linear input by a randomized Hadamard matrix (or a random orthogonal one)
     online, the weights by the same matrix, so outlier channels spread over all channels. Orders
-    that are not powers of two use Kronecker products with Paley matrices (`rotations.hadamard`)."""
+    that are not powers of two use Kronecker products with Paley matrices (`rotations.hadamard`).
+    `fold_gain=false` rotates the norm output with its gain: Gemma-3 suppresses huge norm-input
+    channels with near-zero gains, and folding those gains away lets the huge values through."""
 
     kind: str = "hadamard"
     seed: int = 0
     sites: str = "all"
+    fold_gain: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("hadamard", "random"):
@@ -90,7 +93,8 @@ class Rotate:
     def apply(self, state) -> None:
         cache: dict[int, torch.Tensor] = {}
         for g in select_groups(state.groups, self.sites):
-            g.fold_norm_gain()
+            if self.fold_gain:
+                g.fold_norm_gain()
             if g.dim not in cache:
                 cache[g.dim] = rotation(g.dim, self.kind, self.seed)
             g.rotate(cache[g.dim])
