@@ -44,9 +44,7 @@ class LLMFP4:
             if not 3 <= bits <= 8:
                 raise ActlabError(f"llmfp4: {side} must be 3..8 bits, got {bits}")
 
-    @property
-    def is_quantizer(self) -> bool:
-        return True
+    is_quantizer = True  # the last stage of a recipe, like QuantSpec
 
     def apply(self, state) -> None:
         groups = select_groups(state.groups, "all")

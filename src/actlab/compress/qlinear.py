@@ -27,7 +27,8 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the model is a private copy: take the parameter over
         self.bias = linear.bias
-        self.ops: list[tuple[str, torch.Tensor]] = []
+        self.ops: list[tuple[str, torch.Tensor]] = []  # float64, so that merged ops stay exact
+        self._ops_cast: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}  # ops in the input dtype, built once
         self.input_quantizer: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.weight_quantizer: object | None = None  # what quantized the weight (for reports)
         self.kernel: nn.Module | None = None
@@ -47,10 +48,13 @@ class QuantLinear(nn.Module):
             self.ops[-1] = (kind, merged)
         else:
             self.ops.append((kind, value))
+        self._ops_cast.clear()
 
     def apply_ops(self, x2: torch.Tensor) -> torch.Tensor:
-        for kind, v in self.ops:
-            v = v.to(x2.dtype)
+        ops = self._ops_cast.get(x2.dtype)
+        if ops is None:
+            ops = self._ops_cast[x2.dtype] = [(kind, v.to(x2.dtype)) for kind, v in self.ops]
+        for kind, v in ops:
             x2 = x2 - v if kind == "shift" else x2 * v if kind == "mul" else x2 @ v
         return x2
 
