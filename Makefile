@@ -34,6 +34,10 @@ bench: setup
 	$(BIN)/python bench/quant_recipes.py gemma3-270m
 	bash bench/setup_quant_bench_env.sh
 	.venv-quant/bin/python bench/quant_competitors.py --speed
+	$(BIN)/python bench/flatquant.py
+	$(BIN)/python bench/eora.py
+	$(BIN)/python bench/flexq.py
+	$(BIN)/python bench/kv_cache.py smollm2-135m
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 

@@ -189,13 +189,25 @@ class Lab:
 
     @torch.inference_mode()
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 20, do_sample: bool = False,
-                 skip_special_tokens: bool = True, **kwargs) -> str | list[str]:
-        """Generate continuations (greedy by default); a string for a string, a list for a list."""
+                 skip_special_tokens: bool = True, kv=None, **kwargs) -> str | list[str]:
+        """Generate continuations (greedy by default); a string for a string, a list for a list.
+
+        With `kv` (a KV-cache method such as `actlab.compress.KVQuant`), generation runs on its
+        packed cache (`kv.cache(self)`); the bytes it held at the end are in `self.last_cache_memory`.
+        """
         single = isinstance(prompts, str)
         inputs = self.tokenize([prompts] if single else prompts, "left")
         inputs.pop("position_ids")  # generate derives them from the mask
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                  pad_token_id=self.pad_token_id, **kwargs)
+        cache = kv.cache(self) if kv is not None else None
+        try:
+            if cache is not None:
+                kwargs["cache"] = cache
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                      pad_token_id=self.pad_token_id, **kwargs)
+        finally:
+            if cache is not None:
+                cache.close()
+                self.last_cache_memory = cache.memory()
         new = out[:, inputs["input_ids"].shape[1]:]
         if self.tokenizer is None:
             return new[0] if single else new

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from actlab.cli import quant_commands, steer_commands, store_commands
+from actlab.cli import kv_commands, quant_commands, steer_commands, store_commands
 from actlab.errors import ActlabError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -122,6 +122,7 @@ def fetch(names: Annotated[list[str], typer.Argument(help="austen, smollm2-135m,
 store_commands.register(app, out, err, _load)
 steer_commands.register(app, out, err, _load)
 quant_commands.register(app, out, err, _load)
+kv_commands.register(app, out, err, _load)
 
 
 def _fail(message: str) -> None:

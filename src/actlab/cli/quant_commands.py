@@ -1,4 +1,4 @@
-"""`actlab quant eval|compare`: quantization recipes from the terminal."""
+"""`actlab quant eval|compare|sensitivity`: quantization recipes from the terminal."""
 
 from __future__ import annotations
 
@@ -57,6 +57,33 @@ def register(app: typer.Typer, out, err, load) -> None:
         """Every recipe on the same windows: recipe, bits, PPL, ΔPPL %, KL, top-1, calibration time."""
         _compare(model, [*recipes, *(extra or [])], corpus, calibration, samples, seq_len, max_tokens, kl_tokens,
                  as_json, False)
+
+
+    @quant.command("sensitivity")
+    def sensitivity_(model: Annotated[str, typer.Argument(help="model reference")],
+                     recipe: Annotated[str, typer.Option(help="recipe with a w/a quantization stage")] = "w6a6",
+                     unit: Annotated[str, typer.Option(help="layer (decoder block) or linear")] = "layer",
+                     metric: Annotated[str, typer.Option(help="rank units by kl or ppl")] = "kl",
+                     a8: Annotated[Optional[int], typer.Option("--a8", min=0, help="plan: 8-bit inputs on the K most "
+                                                               "sensitive units")] = None,
+                     corpus: CorpusOpt = "austen:test", calibration: CalibOpt = "austen:train",
+                     samples: SamplesOpt = 32, seq_len: SeqOpt = 512, max_tokens: TokensOpt = 4096,
+                     as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """Quantize one unit at a time (FlexQ, arXiv 2508.04405): KL and ΔPPL per unit, and a plan."""
+        from actlab.compress import Recipe, sensitivity
+        from actlab.compress.sensitivity import check_options
+
+        check_options(Recipe.parse(recipe), unit, metric)  # bad input fails before the model loads
+        lab = load(model, "float32")
+        result = sensitivity(lab, recipe, unit, metric, corpus, seq_len, max_tokens, calibration=calibration,
+                             samples=samples, progress=not as_json)
+        plan = result.plan(a8=a8) if a8 is not None else None
+        if as_json:
+            print(json.dumps({**result.to_dict(), "plan": plan}, indent=2))
+            return
+        out.print(result.table())
+        if plan is not None:
+            out.print(f"plan: {plan}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_layers(out, layers: list[dict], as_json: bool) -> None:

@@ -15,7 +15,8 @@ checked or is known, a producer to fold into:
 
 `scale(s)` divides the input by `s` per channel and multiplies the consumers' weight columns by
 `s`; `shift(z)` subtracts `z` and adds `W z` to the consumers' biases; `rotate(Q)` multiplies
-the input by an orthogonal `Q` and the weights by `Q` too. Each is folded into the producer when
+the input by an orthogonal `Q` and the weights by `Q` too; `transform(M)` multiplies the input by any
+invertible `M` and the weights by `M^-T`. Each is folded into the producer when
 it can be (and no online op precedes it), else it becomes an online op of the consumers.
 """
 
@@ -174,6 +175,17 @@ class LinearGroup:
             q.weight.copy_((q.weight.double() @ r).to(q.weight.dtype))
             q.add_op("matmul", r)
         self.folded.append("rotate:online")
+        return "online"
+
+    @torch.no_grad()
+    def transform(self, matrix: torch.Tensor) -> str:
+        """Multiply the input by any invertible `matrix` M (online) and the weights by M^-T, so
+        that x M (W M^-T)^T = x W^T (FlatQuant's affine transforms; `rotate` is the orthogonal case)."""
+        m = matrix.double()
+        for q in self.linears:
+            q.weight.copy_(torch.linalg.solve(m, q.weight.double().T).T.to(q.weight.dtype))
+            q.add_op("matmul", m)
+        self.folded.append("transform:online")
         return "online"
 
     def fold_norm_gain(self) -> bool:

@@ -6,6 +6,8 @@ input quantizer, then `F.linear` with the (already quantize-dequantized) weight.
 cannot be folded into the layer that produces the input (a norm, a projection) live in `ops`;
 with no ops and no quantizers a `QuantLinear` computes exactly what the original linear did.
 `kernel`, when set, is an `Int8Linear` that replaces the fake path by a real int8 matmul.
+`lowrank`, when set, is a pair `(A [r, in], B [out, r])` whose residual path `(x A^T) B^T` runs on
+the input after the ops and before input quantization (EoRA / SVD compensation, `compress.lowrank`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class QuantLinear(nn.Module):
         self.quantize_inputs = True  # off while static scales are calibrated on float inputs
         self.cross_alpha: float | None = None  # set by CrossQuant: its input quantizer crosses rows and columns
         self.column_pow2: torch.Tensor | None = None  # LLM-FP4: power-of-two column factors held in the exponent bias
+        self.lowrank: tuple[torch.Tensor, torch.Tensor] | None = None  # (A, B): y += (x A^T) B^T
+        self.input_clip: float | None = None  # FlatQuant: learned clip ratio of the input quantizer (QuantSpec.apply)
+        self.weight_clip: torch.Tensor | None = None  # FlatQuant: learned clip ratio per weight row (clip_weight)
 
     # ------------------------------------------------------------- input ops
     def add_op(self, kind: str, value: torch.Tensor) -> None:
@@ -58,6 +63,14 @@ class QuantLinear(nn.Module):
             x2 = x2 - v if kind == "shift" else x2 * v if kind == "mul" else x2 @ v
         return x2
 
+    @torch.no_grad()
+    def clip_weight(self) -> None:
+        """Clamp each weight row to `weight_clip` × its absmax (no-op without learned ratios). For
+        a symmetric absmax quantizer per output channel this equals clipping its range by the ratio."""
+        if self.weight_clip is not None:
+            bound = self.weight.abs().amax(1, keepdim=True) * self.weight_clip.to(self.weight.dtype)[:, None]
+            self.weight.data = torch.minimum(torch.maximum(self.weight, -bound), bound)
+
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -66,16 +79,20 @@ class QuantLinear(nn.Module):
             observe(self, x2)
         if self.kernel is not None:
             out = self.kernel(x2)
+        elif self.input_quantizer is not None and self.quantize_inputs:
+            out = F.linear(self.input_quantizer(x2), self.weight, self.bias)
         else:
-            if self.input_quantizer is not None and self.quantize_inputs:
-                x2 = self.input_quantizer(x2)
             out = F.linear(x2, self.weight, self.bias)
+        if self.lowrank is not None:
+            a, b = self.lowrank
+            out = out + (x2 @ a.T) @ b.T
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         ops = ",".join(k for k, _ in self.ops) or "none"
         return (f"{self.name}: in={self.in_features}, out={self.out_features}, ops={ops}, "
-                f"w={self.weight_quantizer}, a={self.input_quantizer}, kernel={type(self.kernel).__name__ if self.kernel else None}")
+                f"w={self.weight_quantizer}, a={self.input_quantizer}, kernel={type(self.kernel).__name__ if self.kernel else None}, "
+                f"lowrank={self.lowrank[0].shape[0] if self.lowrank is not None else None}")
 
 
 def swap_in(model: nn.Module, select: Callable[[str, nn.Linear], str | None]) -> list[QuantLinear]:

@@ -6,6 +6,7 @@ rotate | w4a4
 outliertune | w8a8 w8@blocks.0.* a16@*.down_proj      # overrides: term@module-pattern
 llmfp4(w=4,a=4)
 w8a8 kernel=int8                                      # real int8 matmuls (Int8Linear)
+rotate | w4 | eora(rank=64)                           # low-rank compensation after quantization
 ```
 
 Stages are separated by `|`; every stage but the last is a transform (`smoothquant`,
@@ -21,6 +22,9 @@ a pattern matching `lm_head` brings `lm_head` in. `llmfp4(...)` is a quantizatio
 A file holds the same either as `recipe = "..."` or as keys `transforms` (list of names or
 `{name: {arg: value}}`), `weights`, `inputs`, `overrides` (`{pattern: {weights, inputs}}`) and
 `kernel`.
+
+One compensation stage (`eora(rank=...)`, `svd(rank=...)`, see `actlab.compress.lowrank`) may
+follow the quantization stage: it needs the quantized weights and the float ones they came from.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ from actlab.compress.crossquant import CrossQuantizer
 from actlab.compress.groups import LinearGroup, find_groups
 from actlab.compress.int8 import Int8Linear, decoder_linears
 from actlab.compress.llmfp4 import LLMFP4
+from actlab.compress.lowrank import COMPENSATIONS
 from actlab.compress.qlinear import QuantLinear, swap_in
 from actlab.compress.quantizer import Quantizer
 from actlab.compress.transforms import TRANSFORMS
 from actlab.errors import ActlabError, did_you_mean
 
-STAGES = {**TRANSFORMS, "llmfp4": LLMFP4}
+STAGES = {**TRANSFORMS, "llmfp4": LLMFP4, **COMPENSATIONS}
 _NONE = ("fp", "none", "16", "32", "bf16", "fp16", "fp32")
 _CALL = re.compile(r"^([a-z_][a-z0-9_]*)\s*(?:\((.*)\))?$", re.S)
 
@@ -122,12 +127,16 @@ class QuantSpec:
             a = plans[q.name][1]
             if a is not None:
                 base = Quantizer.parse(a)
+                if q.input_clip is not None and base.clip == "none":  # learned by a transform (FlatQuant)
+                    base.clip = q.input_clip
                 q.input_quantizer = CrossQuantizer(base.format, q.cross_alpha) if q.cross_alpha is not None else base
         static = [q for q in state.linears if q.input_quantizer is not None and not q.input_quantizer.dynamic]
         if static:
             state.calibrate_inputs(static)
         for q in state.linears:
             w = plans[q.name][0]
+            if w is not None:
+                q.clip_weight()
             if self.kernel == "int8" and plans[q.name] != (None, None):
                 _check_int8(q, plans[q.name])
                 q.kernel = Int8Linear.from_linear(q)
@@ -180,7 +189,8 @@ def _parse_quant_stage(text: str) -> QuantSpec:
 
 
 # --------------------------------------------------------------------------- transforms parsing
-def _value(text: str) -> Any:
+def literal(text: str) -> Any:
+    """A recipe argument's value: bool, int, float, else the unquoted string."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
@@ -206,7 +216,7 @@ def _parse_call(text: str):
         k, v = (s.strip() for s in item.split("=", 1))
         if k not in names:
             raise ActlabError(f"{name}: unknown argument {k!r}{did_you_mean(k, names)}; arguments: {', '.join(names)}")
-        kwargs[k] = _value(v)
+        kwargs[k] = literal(v)
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -231,7 +241,7 @@ class Recipe:
 
     @property
     def quantizer(self):
-        return self.stages[-1] if self.stages and getattr(self.stages[-1], "is_quantizer", False) else None
+        return next((s for s in self.stages if getattr(s, "is_quantizer", False)), None)
 
     def __str__(self) -> str:
         return " | ".join(_stage_str(s) for s in self.stages) or "fp"
@@ -261,8 +271,7 @@ class Recipe:
                     stage = _parse_quant_stage(part)
             except ActlabError as e:
                 raise ActlabError(f"{where}: {e}") from None
-            if stages and getattr(stages[-1], "is_quantizer", False):
-                raise ActlabError(f"{where}: the quantization stage must come last")
+            _check_order(where, stages, stage)
             stages.append(stage)
         return cls(stages)
 
@@ -295,12 +304,15 @@ class Recipe:
         groups = find_groups(qlab, linears, ids[:1, : min(16, ids.shape[1])])
         state = CalibrationState(model, linears, groups, ids, batch_size, progress)
         diag = LayerDiagnostics(state) if diagnostics else None
-        for stage in self.stages[:-1] if quant is not None else self.stages:
+        split = self.stages.index(quant) if quant is not None else len(self.stages)
+        for stage in self.stages[:split]:
             stage.apply(state)
         if diag is not None:
             diag.after_transforms()
-        if quant is not None:
-            quant.apply(state)
+        if split + 1 < len(self.stages):  # compensation stages compare with the float weights
+            state.float_weights = {q.name: q.weight.detach().clone() for q in linears}
+        for stage in self.stages[split:]:
+            stage.apply(state)
         qlab.quantization = QuantizationInfo(
             recipe=str(self), calibration={**windows.protocol, "windows": int(ids.shape[0])},
             seconds=time.perf_counter() - started, groups={g.name: list(g.folded) for g in groups},
@@ -318,6 +330,7 @@ class CalibrationState:
     windows: torch.Tensor
     batch_size: int = 4
     progress: bool = False
+    float_weights: dict[str, torch.Tensor] | None = None  # before the quantization stage, for compensation
 
     def stats(self, groups, desc: str, sample_rows: int = 0):
         return group_stats(self.model, groups, self.windows, sample_rows, self.batch_size, self.progress, desc)
@@ -351,19 +364,35 @@ class QuantizationInfo:
 
 
 def bits_summary(linears: list[QuantLinear]) -> dict:
-    """Parameter-weighted effective bits of the quantized weights, and the input formats used."""
+    """Parameter-weighted effective bits of the quantized weights (low-rank factors counted as
+    fp16 on top), and the input formats used."""
     total = n = 0.0
     inputs = set()
     for q in linears:
         numel = q.weight.numel()
         wq = q.weight_quantizer
         total += (wq.effective_bits(q.weight.shape) if wq is not None else 32) * numel
+        total += 16 * sum(f.numel() for f in q.lowrank or ())
         n += numel
         if q.kernel is not None:
             inputs.add("int8:per_token")
         elif q.input_quantizer is not None:
             inputs.add(str(q.input_quantizer))
     return {"weights": total / n if n else 32.0, "inputs": sorted(inputs)}
+
+
+def _check_order(where: str, stages: list, stage) -> None:
+    """Transforms, then at most one quantization stage, then at most one compensation stage."""
+    if getattr(stage, "is_compensation", False):
+        name = _stage_str(stage).split("(")[0]
+        if not any(getattr(s, "is_quantizer", False) for s in stages):
+            raise ActlabError(f"{where}: {name} compensates quantized weights: put a quantization stage before it "
+                              f"(e.g. 'w4 | {name}')")
+        if getattr(stages[-1], "is_compensation", False):
+            raise ActlabError(f"{where}: only one compensation stage may follow the quantization stage")
+    elif stages and any(getattr(s, "is_quantizer", False) for s in stages):
+        raise ActlabError(f"{where}: the quantization stage must come last "
+                          f"(only {', '.join(COMPENSATIONS)} may follow it)")
 
 
 def _file_to_string(path: Path) -> str:

@@ -118,4 +118,7 @@ class CrossQuant:
                 q.cross_alpha = self.alpha
 
 
-TRANSFORMS = {"smoothquant": SmoothQuant, "outliertune": OutlierTune, "rotate": Rotate, "crossquant": CrossQuant}
+from actlab.compress.flatquant import FlatQuant  # noqa: E402  (it imports select_groups from here)
+
+TRANSFORMS = {"smoothquant": SmoothQuant, "outliertune": OutlierTune, "rotate": Rotate, "crossquant": CrossQuant,
+              "flatquant": FlatQuant}

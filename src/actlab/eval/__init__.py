@@ -1,10 +1,12 @@
 """One evaluation protocol for everything: perplexity, KL divergence / top-1 agreement, entropy, behaviour."""
 
+from actlab.eval.cache_perplexity import cache_perplexity
 from actlab.eval.behaviour import REFUSAL_PHRASES, refusal_flags, sentiment_scores
 from actlab.eval.divergence import kl_divergence
 from actlab.eval.entropy import entropy
 from actlab.eval.perplexity import perplexity
 from actlab.eval.results import (
+    CachePerplexityResult,
     DivergenceResult,
     EntropyResult,
     PerplexityResult,
@@ -14,6 +16,8 @@ from actlab.eval.results import (
 )
 
 __all__ = [
+    "CachePerplexityResult",
+    "cache_perplexity",
     "DivergenceResult",
     "EntropyResult",
     "PerplexityResult",

@@ -48,16 +48,22 @@ def perplexity(
     add_bos: bool | None = None,
     batch_size: int = 4,
     edits: Any = None,
+    kv: Any = None,
     progress: bool = True,
 ) -> PerplexityResult:
     """exp(mean NLL) of the scored tokens of `corpus` cut into windows of `seq_len` tokens.
 
     `corpus` is a `Corpus` or a spec for `actlab.data.corpus`. With `edits`, the model runs
-    inside `lab.edit(edits)`.
+    inside `lab.edit(edits)`. With `kv` (a KV-cache method such as `actlab.compress.KVQuant`), its
+    fake quantization of keys and values (`kv.edits(lab)`) is applied too.
     """
     started = time.perf_counter()
     windows = token_windows(lab.tokenizer, corpus, seq_len, stride=stride, max_tokens=max_tokens, add_bos=add_bos)
     nll_sum = 0.0
+    described = describe_edits(edits)
+    if kv is not None:
+        described = {"edits": described, "kv": getattr(kv, "label", str(kv))} if edits is not None else {"kv": kv.label}
+        edits = [kv.edits(lab)] if edits is None else [edits, kv.edits(lab)]
     with torch.inference_mode(), edit_context(lab, edits), \
             progress_bar(len(windows), "perplexity", progress) as advance:
         for input_ids, loss_mask in windows.batches(batch_size):
@@ -71,5 +77,5 @@ def perplexity(
     return PerplexityResult(
         ppl=ppl, nll_mean=nll_mean, tokens_scored=windows.tokens_scored, protocol=windows.protocol,
         fingerprint=fingerprint(lab), dtype=model_dtype(lab), seconds=time.perf_counter() - started,
-        edits=describe_edits(edits),
+        edits=described,
     )

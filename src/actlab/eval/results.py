@@ -137,8 +137,38 @@ class EntropyResult(_Result):
                 ("positions", f"{self.tokens:,}"), *super().rows(), *extra, ("seconds", f"{self.seconds:.1f}")]
 
 
+@dataclass
+class CachePerplexityResult(_Result):
+    """Perplexity of the last `score` tokens of each window, decoded one token at a time with a
+    KV cache in the loop after a prefill of `context` tokens; beside it the teacher-forced
+    perplexity of the same tokens (with the method's fake quantization) and the cache's bytes."""
+
+    kind: ClassVar[str] = "cache_perplexity"
+    ppl: float
+    nll_mean: float
+    teacher_forced_ppl: float | None
+    tokens_scored: int
+    method: str
+    memory: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    dtype: str = ""
+    seconds: float = 0.0
+
+    def rows(self) -> list[tuple[str, str]]:
+        tf = "—" if self.teacher_forced_ppl is None else f"{self.teacher_forced_ppl:.4f}"
+        rows = [("perplexity (cache in the loop)", f"{self.ppl:.4f}"), ("perplexity (teacher forced)", tf),
+                ("tokens scored", f"{self.tokens_scored:,}"), ("method", self.method)]
+        if self.memory:
+            rows += [("bytes / token", f"{self.memory['bytes_per_token']:,.1f}"),
+                     ("compression vs fp16", f"{self.memory['compression']:.2f}×")]
+        p = self.protocol
+        return [*rows, *super().rows(), ("context + score", f"{p.get('context')} + {p.get('score')}"),
+                ("dtype", self.dtype), ("seconds", f"{self.seconds:.1f}")]
+
+
 RESULT_TYPES: dict[str, type[_Result]] = {
-    cls.kind: cls for cls in (PerplexityResult, DivergenceResult, EntropyResult)
+    cls.kind: cls for cls in (PerplexityResult, DivergenceResult, EntropyResult, CachePerplexityResult)
 }
 
 
