@@ -19,7 +19,7 @@ from actlab.engine.engine import Engine, StopForward
 from actlab.engine.recording import Recording
 from actlab.errors import ActlabError
 from actlab.models.fingerprint import Fingerprint, hash_files, hash_state_dict
-from actlab.models.loading import load_model, parse_dtype
+from actlab.models.loading import cache_kwarg, load_model, parse_dtype
 from actlab.sites import Site, SiteCatalog
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
@@ -201,7 +201,7 @@ class Lab:
         cache = kv.cache(self) if kv is not None else None
         try:
             if cache is not None:
-                kwargs["cache"] = cache
+                kwargs[cache_kwarg(self.model)] = cache
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                       pad_token_id=self.pad_token_id, **kwargs)
         finally:

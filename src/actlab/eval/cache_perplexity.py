@@ -15,13 +15,15 @@ from actlab.errors import ActlabError
 from actlab.eval.common import device_of, edit_context, fingerprint, model_dtype, progress_bar
 from actlab.eval.perplexity import token_nll
 from actlab.eval.results import CachePerplexityResult
+from actlab.models.loading import cache_kwarg
 
 
 def _decode_nll(lab: Any, ids: torch.Tensor, context: int, cache) -> torch.Tensor:
     """NLL [batch, score] of tokens context.. of `ids`, the cache filled by a prefill then one step per token."""
-    logits = [lab.model(input_ids=ids[:, :context], cache=cache, use_cache=True).logits[:, -1]]
+    kw = {cache_kwarg(lab.model): cache, "use_cache": True}
+    logits = [lab.model(input_ids=ids[:, :context], **kw).logits[:, -1]]
     for t in range(context, ids.shape[1] - 1):
-        logits.append(lab.model(input_ids=ids[:, t:t + 1], cache=cache, use_cache=True).logits[:, -1])
+        logits.append(lab.model(input_ids=ids[:, t:t + 1], **kw).logits[:, -1])
     stacked = torch.stack(logits, 1)
     targets = ids[:, context:]
     return token_nll(stacked.reshape(-1, stacked.shape[-1]), targets.reshape(-1)).view(targets.shape)
@@ -65,7 +67,7 @@ def cache_perplexity(
                 if hasattr(cache, "close"):
                     cache.close()
             if teacher_forced:
-                with edit_context(lab, kv.edits(lab) if kv is not None else None):
+                with edit_context(lab, kv.edits(lab) if kv is not None else None):  # kv.edits may be None: no fake path
                     logits = lab.model(input_ids=ids, use_cache=False).logits[:, context - 1:-1]
                 forced += token_nll(logits.reshape(-1, logits.shape[-1]), ids[:, context:].reshape(-1)).double().sum().item()
             advance(ids.shape[0])

@@ -59,3 +59,10 @@ def load_model(ref: str, dtype: str | torch.dtype = "float32", device: str = "cp
         raise ActlabError(f"could not load {ref!r}: {str(exc).splitlines()[0]}") from exc
     model.to(device).eval()
     return model, tokenizer, name, source if isinstance(source, Path) else None
+
+
+def cache_kwarg(model) -> str:
+    """The forward/generate argument that takes a KV cache: `cache` (transformers >= 5.24) or `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
