@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/quant_recipes.py gemma3-270m
 	bash bench/setup_quant_bench_env.sh
 	.venv-quant/bin/python bench/quant_competitors.py --speed
+	.venv-quant/bin/python bench/kv_quanto.py
 	$(BIN)/python bench/flatquant.py
 	$(BIN)/python bench/eora.py
 	$(BIN)/python bench/flexq.py

@@ -1,6 +1,6 @@
 """Issue-6 KV-cache table: methods and KVQuant's ablation, both protocols (`kv_compare`).
 
-    .venv/bin/python bench/kv_cache.py smollm2-135m [max_tokens] [cache_tokens]
+    .venv/bin/python bench/kv_cache.py smollm2-135m [max_tokens] [cache_tokens]   # ~30 min on 2 threads
 
 Protocol: austen:test, float32. Fake quantization (teacher forced) over 512-token windows,
 `max_tokens` tokens (default 4,096); cache in the loop: 384 prefilled + 128 decoded and scored

@@ -253,3 +253,5 @@ def test_kv_errors_are_clear():
         KVQuant(keys="per_token", key_group=32)
     with pytest.raises(ActlabError, match="separate"):
         XQuant(bits=4).calibrate(make_tiny_lab("phi3"))
+    with pytest.raises(ActlabError, match="calibrated on tiny-llama"):
+        KVQuant(bits=4, keys="per_token", pre_rope=False).calibrate(lab).cache(make_tiny_lab("qwen3"))

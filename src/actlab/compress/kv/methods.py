@@ -23,6 +23,22 @@ from actlab.compress.kv.codecs import (
 from actlab.errors import ActlabError
 
 
+def model_shape(lab) -> dict:
+    """What a KV method's calibration depends on: the model and its attention geometry."""
+    c = lab.catalog
+    return {"model": lab.name, "layers": c.n_layers, "kv_heads": c.n_kv_heads, "head_dim": c.head_dim,
+            "d_model": c.d_model}
+
+
+def check_fitted(method, lab) -> None:
+    """A clear error when `method` was not calibrated, or was calibrated on another model."""
+    if method.fitted_on is None:
+        raise ActlabError(f"{method.label}: call .calibrate(lab, corpus) first")
+    if method.fitted_on != model_shape(lab):
+        raise ActlabError(f"{method.label} was calibrated on {method.fitted_on['model']}, not {lab.name}: "
+                          "calibrate it on this model")
+
+
 @dataclass
 class KVQuant:
     """KVQuant (Hooper et al., "KVQuant: Towards 10 Million Context Length LLM Inference with KV
@@ -55,6 +71,7 @@ class KVQuant:
     fisher: bool = True
     name: str | None = None
     layers: dict = field(default_factory=dict, repr=False, compare=False)  # layer -> (key codec, value codec)
+    fitted_on: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.bits not in (16, 32) and not 1 <= self.bits <= 8:
@@ -76,7 +93,7 @@ class KVQuant:
 
     def __str__(self) -> str:
         args = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                if f.name not in ("name", "layers") and getattr(self, f.name) != f.default]
+                if f.name not in ("name", "layers", "fitted_on") and getattr(self, f.name) != f.default]
         return f"kvquant({','.join(args)})"
 
     @property
@@ -93,7 +110,7 @@ class KVQuant:
                   progress: bool = True) -> "KVQuant":
         """Fit the per-layer codecs (offline key ranges, non-uniform datatypes) on `samples`
         windows of `seq_len` tokens of `corpus`; returns self."""
-        self._lab_name = lab.name
+        self.fitted_on = model_shape(lab)
         n, head_dim = lab.catalog.n_layers, lab.catalog.head_dim
         vgroup = self.value_group or head_dim
         if not self.needs_calibration:
@@ -140,8 +157,7 @@ class KVQuant:
 
     # ------------------------------------------------------------------ use
     def check(self, lab) -> None:
-        if not self.layers or len(self.layers) != lab.catalog.n_layers:
-            raise ActlabError(f"{self.label}: call .calibrate(lab, corpus) first")
+        check_fitted(self, lab)
 
     def edits(self, lab) -> dict:
         """Fake quantization (quantize-dequantize) of keys and values at their sites."""

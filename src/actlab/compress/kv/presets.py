@@ -36,7 +36,7 @@ def kv_method(spec: str):
                           f"methods: {', '.join(p + '<bits>' for p in PRESETS)} (e.g. kvquant3, kivi2, kv16)")
     family, bits, args = m.group(1), int(m.group(2)), m.group(3)
     cls, kwargs = PRESETS[family](bits)
-    names = {f.name for f in dataclasses.fields(cls)} - {"layers", "name"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"layers", "name", "fitted_on"}
     for item in filter(None, (a.strip() for a in (args or "").split(","))):
         key, _, value = (s.strip() for s in item.partition("="))
         if key not in names or not value:

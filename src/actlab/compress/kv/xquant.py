@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from actlab.compress.kv.cache import PackedCache, PackedLayer, Stream
 from actlab.compress.kv.codecs import TokenCodec, uniform_levels
+from actlab.compress.kv.methods import check_fitted, model_shape
 from actlab.compress.kv.rope import rotate
 from actlab.errors import ActlabError
 
@@ -78,6 +79,7 @@ class XQuant:
     group: int = 64
     name: str | None = None
     layers: dict = field(default_factory=dict, repr=False, compare=False)
+    fitted_on: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:
@@ -112,6 +114,7 @@ class XQuant:
         if a.qkv_layout != "separate":
             raise ActlabError(f"XQuant needs separate k_proj/v_proj; {lab.name} fuses them ({a.qkv_layout})")
         mode, c = self.resolved_mode(lab), lab.catalog
+        self.fitted_on = model_shape(lab)
         self.layers = {}
         for i in range(c.n_layers):
             block = lab.model.get_submodule(f"{a.layers}.{i}")
@@ -135,8 +138,7 @@ class XQuant:
         return TokenCodec(self.bits, group, uniform_levels(self.bits))
 
     def check(self, lab) -> None:
-        if not self.layers or len(self.layers) != lab.catalog.n_layers:
-            raise ActlabError(f"{self.label}: call .calibrate(lab) first")
+        check_fitted(self, lab)
 
     # ------------------------------------------------------------------ fake quantization
     def edits(self, lab) -> dict:
