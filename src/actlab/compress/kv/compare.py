@@ -12,6 +12,8 @@ from rich.table import Table
 
 from actlab.compress.kv.calibration import reusing
 from actlab.compress.kv.presets import kv_method
+from actlab.eval.cache_perplexity import cache_perplexity
+from actlab.eval.perplexity import perplexity
 
 
 @dataclass
@@ -72,8 +74,6 @@ def kv_compare(lab, methods, corpus="austen:test", *, seq_len: int = 512, max_to
     perplexity over `seq_len` windows (up to `max_tokens`), and cache-in-the-loop perplexity of
     the last `score` tokens of `context + score` windows (up to `cache_tokens`), with the bytes the
     packed cache held. Each method is calibrated on `samples` windows of `calibration`."""
-    from actlab.eval import cache_perplexity, perplexity
-
     methods = [kv_method(m) if isinstance(m, str) else m for m in methods]  # bad names fail before any work
     base = perplexity(lab, corpus, seq_len, max_tokens=max_tokens, progress=progress)
     base_cache = cache_perplexity(lab, corpus, context, score, max_tokens=cache_tokens, progress=progress)
@@ -92,8 +92,6 @@ def kv_compare(lab, methods, corpus="austen:test", *, seq_len: int = 512, max_to
 
 def _row(lab, kv, corpus, base, base_cache, seq_len, max_tokens, context, score, cache_tokens, calibration, samples,
          progress) -> KVRow:
-    from actlab.eval import cache_perplexity, perplexity
-
     started = time.perf_counter()
     kv.calibrate(lab, calibration, samples=samples, seq_len=seq_len, progress=progress)
     seconds = time.perf_counter() - started

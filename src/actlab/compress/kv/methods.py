@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from actlab.compress.kv.cache import KVLayer, PackedCache, capture_projected_keys
 from actlab.compress.kv.calibration import collect, windows_of
 from actlab.compress.kv.codecs import (
     ChannelCodec, TokenCodec, TokenGroupCodec, fit_levels, positions, uniform_levels,
 )
+from actlab.compress.kv.fake import fake_quant
 from actlab.errors import ActlabError
 
 
@@ -117,12 +119,10 @@ class KVQuant:
             self.layers = {i: self._codecs(None, None, head_dim, vgroup) for i in range(n)}
             return self
         ids = windows_of(lab, corpus, samples, seq_len)
-        fisher = self.fisher and self.nonuniform
         sites = [f"blocks.{i}.{c}" for i in range(n) for c in (self.key_site, "attn.v")]
-        data = collect(lab, ids, sites, fisher and self.pre_rope, progress)
-        if fisher and not self.pre_rope:  # post-RoPE keys cannot be made graph leaves: Fisher for values only
-            grads = collect(lab, ids, [s for s in sites if s.endswith("attn.v")], True, progress, "kv fisher").fisher
-            data.fisher.update(grads)
+        # Fisher weights for the datatypes; post-RoPE keys cannot be graph leaves, so values only there
+        fisher = [s for s in sites if self.pre_rope or s.endswith("attn.v")] if self.fisher and self.nonuniform else []
+        data = collect(lab, ids, sites, fisher, progress)
         self.layers = {}
         for i in range(n):
             k_site, v_site = f"blocks.{i}.{self.key_site}", f"blocks.{i}.attn.v"
@@ -161,8 +161,6 @@ class KVQuant:
 
     def edits(self, lab) -> dict:
         """Fake quantization (quantize-dequantize) of keys and values at their sites."""
-        from actlab.compress.kv.fake import fake_quant
-
         self.check(lab)
         out = {}
         for i, (kc, vc) in self.layers.items():
@@ -172,8 +170,6 @@ class KVQuant:
 
     def cache(self, lab):
         """A packed cache (`actlab.compress.kv.cache.PackedCache`) holding this method's codes."""
-        from actlab.compress.kv.cache import KVLayer, PackedCache, capture_projected_keys
-
         self.check(lab)
         layers = [KVLayer(kc, vc, self.bits, self.sinks, self.residual, self.pre_rope)
                   for kc, vc in (self.layers[i] for i in range(lab.catalog.n_layers))]
