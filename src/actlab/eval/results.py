@@ -167,8 +167,30 @@ class CachePerplexityResult(_Result):
                 ("dtype", self.dtype), ("seconds", f"{self.seconds:.1f}")]
 
 
+@dataclass
+class MultipleChoiceResult(_Result):
+    """Accuracy over questions (multiple choice from log-likelihoods, or greedy answers to cloze facts)."""
+
+    kind: ClassVar[str] = "multiple_choice"
+    accuracy: float
+    n: int
+    correct: list[bool] = field(default_factory=list)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    dtype: str = ""
+    seconds: float = 0.0
+    edits: Any = None
+
+    def rows(self) -> list[tuple[str, str]]:
+        p = self.protocol
+        return [("accuracy", f"{self.accuracy:.4f}"), ("questions", f"{self.n:,}"),
+                ("chance", f"{p.get('chance', 0):.3f}"), ("scoring", str(p.get("scoring"))), *super().rows(),
+                ("edits", _short(self.edits)), ("dtype", self.dtype), ("seconds", f"{self.seconds:.1f}")]
+
+
 RESULT_TYPES: dict[str, type[_Result]] = {
-    cls.kind: cls for cls in (PerplexityResult, DivergenceResult, EntropyResult, CachePerplexityResult)
+    cls.kind: cls for cls in (PerplexityResult, DivergenceResult, EntropyResult, CachePerplexityResult,
+                              MultipleChoiceResult)
 }
 
 

