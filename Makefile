@@ -39,6 +39,14 @@ bench: setup
 	$(BIN)/python bench/eora.py
 	$(BIN)/python bench/flexq.py
 	$(BIN)/python bench/kv_cache.py smollm2-135m
+	$(BIN)/python bench/probes.py
+	$(BIN)/python bench/aqi.py
+	$(BIN)/python bench/lens.py
+	$(BIN)/python bench/voids.py
+	$(BIN)/python bench/sparsity.py
+	$(BIN)/python bench/neurons.py
+	$(BIN)/python bench/itda_sae.py
+	$(BIN)/python bench/similarity.py
 
 setup: $(VENV)/.stamp-core $(VENV)/.stamp-smollm2
 

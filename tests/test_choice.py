@@ -23,6 +23,17 @@ def test_facts_are_deterministic_and_questions_hold_the_answer(relation):
     assert not set(train.subjects) & set(test.subjects) and len(train) + len(test) == len(facts)
 
 
+def test_every_phrasing_keeps_splits_subject_disjoint():
+    first, every = al.data.facts("currency"), al.data.facts("currency", templates="all")
+    assert len(every) == 3 * len(first) and len(set(every.prompts)) == len(every)
+    assert every.prompts[:len(first)] == first.prompts
+    train, test = every.split("train"), every.split("test")
+    assert not set(train.subjects) & set(test.subjects) and len(train) + len(test) == len(every)
+    assert sorted(set(train.subjects)) == sorted(set(first.split("train").subjects))
+    with pytest.raises(ActlabError, match="templates"):
+        al.data.facts("currency", templates="some")
+
+
 def test_capital_facts_read_naturally():
     facts = al.data.facts("capital")
     france = facts.subjects.index("France")

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["README.md", "docs/sites.md", "docs/record-edit.md", "docs/evaluation.md", "docs/store.md", "docs/steering.md", "docs/quantization.md",
-         "docs/kv-cache.md", "docs/lowrank-mixed-precision.md", "docs/flatquant.md"]
+         "docs/kv-cache.md", "docs/lowrank-mixed-precision.md", "docs/flatquant.md", "docs/reading.md"]
 
 pytestmark = [pytest.mark.embedded, pytest.mark.xdist_group("docs")]
 

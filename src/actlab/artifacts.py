@@ -22,6 +22,7 @@ from actlab.errors import ActlabError
 FORMAT_VERSION = 1
 TENSORS = "tensors.safetensors"
 META = "artifact.json"
+DIRECTIONS = "steering_vector"  # the kind of a directions artifact (a steering-vector file)
 
 
 def save_artifact(path: str | Path, kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -60,3 +61,29 @@ def load_artifact(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor],
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ActlabError(f"'{path}' was written by a newer actlab (format {meta['format_version']}); upgrade actlab")
     return load_file(str(path / TENSORS)), meta
+
+
+def save_directions(path: str | Path, directions: dict[str, torch.Tensor], fingerprint: dict | None, method: str,
+                    params: dict[str, Any], data: dict[str, Any]) -> Path:
+    """Write per-site 1-D directions as a steering-vector artifact (`actlab.steer.SteeringVector.load` reads it).
+
+    Any method family may export directions this way without importing `steer`.
+    """
+    if not directions:
+        raise ActlabError("a directions artifact needs at least one site")
+    widths = {tuple(d.shape) for d in directions.values()}
+    if len(widths) != 1 or len(next(iter(widths))) != 1:
+        raise ActlabError(f"directions must all be 1-D of one width, got shapes {sorted(widths)}")
+    meta = {"fingerprint": fingerprint, "sites": list(directions), "width": next(iter(widths))[0],
+            "method": method, "params": params, "data": data}
+    return save_artifact(path, DIRECTIONS, {s: d.float() for s, d in directions.items()}, meta)
+
+
+def load_directions(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """`({site: direction}, meta)` from a file written by `save_directions`; meta holds fingerprint,
+    method, params and data."""
+    tensors, meta = load_artifact(path, DIRECTIONS)
+    missing = [s for s in meta["sites"] if s not in tensors]
+    if missing:
+        raise ActlabError(f"'{path}' lacks the tensors for {missing}")
+    return {s: tensors[s] for s in meta["sites"]}, meta

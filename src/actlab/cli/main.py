@@ -14,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from actlab.cli import kv_commands, quant_commands, steer_commands, store_commands
+from actlab.cli import (
+    dict_commands, kv_commands, lens_commands, probe_commands, quant_commands, similarity_commands, sparsity_commands, steer_commands,
+    store_commands,
+)
 from actlab.errors import ActlabError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -123,6 +126,11 @@ store_commands.register(app, out, err, _load)
 steer_commands.register(app, out, err, _load)
 quant_commands.register(app, out, err, _load)
 kv_commands.register(app, out, err, _load)
+probe_commands.register(app, out, err, _load)
+lens_commands.register(app, out, err, _load)
+similarity_commands.register(app, out, err, _load)
+sparsity_commands.register(app, out, err, _load)
+dict_commands.register(app, out, err, _load)
 
 
 def _fail(message: str) -> None:

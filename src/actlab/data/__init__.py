@@ -5,6 +5,7 @@ from actlab.data.bandit import BanditPrompts, bandit_prompts
 from actlab.data.corpus import Corpus, corpus
 from actlab.data.facts import Facts, Question, facts
 from actlab.data.prompts import ContrastivePairs, PromptList, apply_chat, prompts
+from actlab.data.statements import Statements, statements
 from actlab.data.windows import Windows, token_windows
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Facts",
     "PromptList",
     "Question",
+    "Statements",
     "Windows",
     "apply_chat",
     "bandit_prompts",
@@ -21,5 +23,6 @@ __all__ = [
     "facts",
     "fetch_austen",
     "prompts",
+    "statements",
     "token_windows",
 ]

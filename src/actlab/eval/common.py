@@ -7,8 +7,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from actlab.progress import progress_bar  # noqa: F401  (re-exported: evaluations import it from here)
 
 # rows of [*, vocab] upcast to float32 at a time: 2**25 floats = 128 MiB, 128 rows at vocab 262k
 FLOAT32_BUDGET = 2**25
@@ -68,16 +68,3 @@ def row_chunks(n_rows: int, vocab: int) -> Iterator[slice]:
     step = max(1, FLOAT32_BUDGET // max(vocab, 1))
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Any]:
-    """A transient rich progress bar; yields `advance(n)`. Silent when disabled or not a terminal."""
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not (enabled and console.is_terminal),
-    )
-    with progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)

@@ -18,11 +18,31 @@ from rich.table import Table
 from actlab.errors import ActlabError
 
 
+def plain_text(*renderables: Any, width: int = 100) -> str:
+    """What rich would print for `renderables` (tables, results), as plain text without colour."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
+    for renderable in renderables:
+        console.print(renderable)
+    return buffer.getvalue().rstrip("\n")
+
+
+RESULT_TYPES: dict[str, type["Result"]] = {}  # kind -> class; every subclass registers itself
+
+
 @dataclass
-class _Result:
-    """Shared behaviour: `to_dict`, `to_json`, `from_dict`, a rich table and its text form."""
+class Result:
+    """Shared behaviour: `to_dict`, `to_json`, `from_dict`, a rich table and its text form.
+
+    Subclasses (also those of other packages, e.g. `actlab.read`) register under their `kind`, so
+    `result_from_dict` rebuilds any of them.
+    """
 
     kind: ClassVar[str] = "result"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RESULT_TYPES[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict, with `kind` naming the result type."""
@@ -37,7 +57,9 @@ class _Result:
         data = dict(data)
         kind = data.pop("kind", cls.kind)
         target = RESULT_TYPES.get(kind)
-        if target is None or (cls is not _Result and target is not cls):
+        if cls is Result and target is not None and target.from_dict.__func__ is not Result.from_dict.__func__:
+            return target.from_dict(data)  # a subclass that rebuilds nested parts itself
+        if target is None or (cls is not Result and target is not cls):
             raise ActlabError(f"cannot read a '{kind}' result as {cls.__name__}")
         names = {f.name for f in dataclasses.fields(target)}
         return target(**{k: v for k, v in data.items() if k in names})
@@ -66,13 +88,11 @@ class _Result:
         return table
 
     def __str__(self) -> str:
-        buffer = io.StringIO()
-        Console(file=buffer, width=100, color_system=None, force_terminal=False).print(self)
-        return buffer.getvalue().rstrip("\n")
+        return plain_text(self)
 
 
 @dataclass
-class PerplexityResult(_Result):
+class PerplexityResult(Result):
     """Perplexity = exp(mean next-token negative log-likelihood over the scored tokens)."""
 
     kind: ClassVar[str] = "perplexity"
@@ -92,7 +112,7 @@ class PerplexityResult(_Result):
 
 
 @dataclass
-class DivergenceResult(_Result):
+class DivergenceResult(Result):
     """Per-token KL(P_reference ‖ P_edited) and top-1 agreement over all window positions."""
 
     kind: ClassVar[str] = "divergence"
@@ -118,7 +138,7 @@ class DivergenceResult(_Result):
 
 
 @dataclass
-class EntropyResult(_Result):
+class EntropyResult(Result):
     """Mean next-token entropy (nats) of the model's predictive distribution."""
 
     kind: ClassVar[str] = "entropy"
@@ -138,7 +158,7 @@ class EntropyResult(_Result):
 
 
 @dataclass
-class CachePerplexityResult(_Result):
+class CachePerplexityResult(Result):
     """Perplexity of the last `score` tokens of each window, decoded one token at a time with a
     KV cache in the loop after a prefill of `context` tokens; beside it the teacher-forced
     perplexity of the same tokens (with the method's fake quantization) and the cache's bytes."""
@@ -168,7 +188,7 @@ class CachePerplexityResult(_Result):
 
 
 @dataclass
-class MultipleChoiceResult(_Result):
+class MultipleChoiceResult(Result):
     """Accuracy over questions (multiple choice from log-likelihoods, or greedy answers to cloze facts)."""
 
     kind: ClassVar[str] = "multiple_choice"
@@ -188,12 +208,6 @@ class MultipleChoiceResult(_Result):
                 ("edits", _short(self.edits)), ("dtype", self.dtype), ("seconds", f"{self.seconds:.1f}")]
 
 
-RESULT_TYPES: dict[str, type[_Result]] = {
-    cls.kind: cls for cls in (PerplexityResult, DivergenceResult, EntropyResult, CachePerplexityResult,
-                              MultipleChoiceResult)
-}
-
-
 def _short(value: Any, limit: int = 60) -> str:
     text = "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -201,12 +215,12 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def result_from_dict(data: dict[str, Any]) -> Any:
     """Any result from its `to_dict()` form, the class picked by `kind`."""
-    return _Result.from_dict(data)
+    return Result.from_dict(data)
 
 
 def result_from_json(text: str) -> Any:
     """Any result from its `to_json()` form."""
-    return _Result.from_json(text)
+    return Result.from_json(text)
 
 
 def same_protocol(a: Any, b: Any) -> bool:

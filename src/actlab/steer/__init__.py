@@ -13,7 +13,7 @@ from actlab.steer.controller import SteeringController, WeightedSteering
 from actlab.steer.effects import SteeringEffect, measure_effect
 from actlab.steer.extract import EAST, DiffMean, PCACenter, PCADiff, ProbeDirection
 from actlab.steer.metrics import ActionEntropy, ProbeScore, RefusalRate, Sentiment
-from actlab.steer.reading import read_activations
+from actlab.engine.reading import read_activations
 from actlab.steer.search import AlphaSweep, LayerSearch, SearchResult
 from actlab.steer.vector import SteeringEdits, SteeringVector
 

@@ -27,7 +27,7 @@ from actlab.engine.context import Positions
 from actlab.errors import ActlabError
 from actlab.steer.extract import contrastive_texts
 from actlab.steer.gating import GatedAdd, SequenceGate
-from actlab.steer.reading import read_activations
+from actlab.engine.reading import read_activations
 from actlab.steer.search import separation
 from actlab.steer.vector import SteeringVector
 

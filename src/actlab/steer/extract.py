@@ -14,8 +14,9 @@ import torch
 
 from actlab.data.bandit import action_token_ids
 from actlab.data.prompts import ContrastivePairs
+from actlab.engine.reading import Read, check_read, read_activations
 from actlab.errors import ActlabError
-from actlab.steer.reading import Read, check_read, read_activations
+from actlab.linear import logistic_fit
 from actlab.steer.vector import SteeringVector
 
 DEFAULT_SITES = "blocks.*.resid_post"
@@ -151,20 +152,8 @@ class ProbeDirection(Estimator):
         y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
         mean = x.mean(0)
         std = ((pos.double().var(0, unbiased=False) + neg.double().var(0, unbiased=False)) / 2).sqrt().clamp_min(1e-6)
-        z = (x - mean) / std
-        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + self.l2 * (w @ w) / 2
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(closure)
-        u = (w.detach() / std)
+        w, _ = logistic_fit((x - mean) / std, y, c=1.0 / (self.l2 * len(y)), max_iter=self.max_iter)
+        u = w / std
         u = u / u.norm().clamp_min(1e-12)
         return _signed_unit_scaled(u, pos.double().mean(0) - neg.double().mean(0)).float()
 

@@ -18,7 +18,7 @@ from actlab.data.prompts import apply_chat
 from actlab.errors import ActlabError
 from actlab.eval.behaviour import refusal_flags, sentiment_scores
 from actlab.steer.extract import action_entropy
-from actlab.steer.reading import Read, read_activations
+from actlab.engine.reading import Read, read_activations
 
 
 @dataclass

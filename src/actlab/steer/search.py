@@ -23,7 +23,7 @@ from actlab.engine.context import Positions
 from actlab.errors import ActlabError
 from actlab.eval import kl_divergence
 from actlab.steer.extract import DiffMean, Estimator, contrastive_texts
-from actlab.steer.reading import read_activations
+from actlab.engine.reading import read_activations
 from actlab.steer.vector import SteeringVector
 
 

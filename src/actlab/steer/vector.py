@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from actlab.artifacts import load_artifact, save_artifact
+from actlab.artifacts import load_directions, save_directions
 from actlab.engine import edits as E
 from actlab.engine.context import Positions
 from actlab.errors import ActlabError
 
-KIND = "steering_vector"
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.resid_post$")
 
 
@@ -133,17 +132,12 @@ class SteeringVector:
     # -- files -------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write a folder: `tensors.safetensors` (one tensor per site) and `artifact.json`."""
-        meta = {"fingerprint": self.fingerprint, "sites": self.sites, "width": self.width,
-                "method": self.method, "params": self.params, "data": self.data}
-        return save_artifact(path, KIND, self.directions, meta)
+        return save_directions(path, self.directions, self.fingerprint, self.method, self.params, self.data)
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringVector":
-        tensors, meta = load_artifact(path, KIND)
-        missing = [s for s in meta["sites"] if s not in tensors]
-        if missing:
-            raise ActlabError(f"'{path}' lacks the tensors for {missing}")
-        return cls({s: tensors[s] for s in meta["sites"]}, meta.get("fingerprint"), meta.get("method", "manual"),
+        directions, meta = load_directions(path)
+        return cls(directions, meta.get("fingerprint"), meta.get("method", "manual"),
                    meta.get("params", {}), meta.get("data", {}))
 
     def to_gguf(self, path: str | Path, model_hint: str | None = None) -> Path:

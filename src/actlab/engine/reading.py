@@ -1,4 +1,6 @@
-"""Read one activation vector per prompt at each site: last token, mean over tokens or a given index."""
+"""Read one activation vector per prompt at each site: last token, mean over tokens or a given index.
+
+Shared by every method family (steering vectors, probes, cluster quality, neuron selection)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from actlab.errors import ActlabError
-from actlab.eval.common import progress_bar
+from actlab.progress import progress_bar
 
 Read = str | int  # "last", "mean" or a token index (negative counts from the end)
 
@@ -30,6 +32,8 @@ def read_activations(lab, prompts: Sequence[str], sites: str | Sequence[str], re
     prompts = list(prompts)
     if not prompts:
         raise ActlabError("no prompts to read activations from")
+    if batch_size < 1:
+        raise ActlabError(f"batch_size must be at least 1, not {batch_size}")
     names = lab.sites(sites)
     positions = "all" if read == "mean" else "last" if read == "last" else [read]
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
