@@ -24,15 +24,15 @@ from actlab.read.stability import StabilityResult, stability, stability_of_featu
 from actlab.read.voids import LayerVoids, SkipLayers, VoidsResult, lac_active, layer_voids
 
 __all__ = [
-    "CettTruncation", "LayerCalibration", "NeuronAblation", "RelationAblationResult", "RelationNeuronSet",
-    "RelationNeurons", "SparsityResult", "SparsityStep", "average_precision", "ppl_sparsity", "relation_ablation",
-    "truncation_edits",
-    "DeltaCE", "ITDA", "ITDADictionary", "SparseAutoencoder", "SparseCodes", "SparseDictionary", "TopKSAE", "jaccard",
-    "load_dictionary", "matching_pursuit",
-    "AQIResult", "DiffMeanProbe", "LDAProbe", "LinearProbe", "Probe", "ProbeMetrics", "ProbeSweep", "StabilityResult",
-    "SweepResult", "probe_metrics", "read_last", "stability", "stability_of_features", "LANGUAGES", "LatentLanguageResult", "LayerVoids", "LensResult", "LogitLens", "Moments",
-    "SimilarityResult", "SkipLayers", "VoidsResult", "WORDS", "aqi", "aqi_chi_xb", "aqi_score",
-    "calinski_harabasz", "cka", "cluster_scores", "compare_stores", "davies_bouldin", "dunn", "lac_active",
-    "latent_language", "layer_voids", "learn_layer_weights", "relative_similarity", "residuals", "svcca",
-    "translation_prompts", "unembed", "xie_beni",
+    "AQIResult", "CettTruncation", "DeltaCE", "DiffMeanProbe", "ITDA", "ITDADictionary", "LANGUAGES",
+    "LDAProbe", "LatentLanguageResult", "LayerCalibration", "LayerVoids", "LensResult", "LinearProbe",
+    "LogitLens", "Moments", "NeuronAblation", "Probe", "ProbeMetrics", "ProbeSweep", "RelationAblationResult",
+    "RelationNeuronSet", "RelationNeurons", "SimilarityResult", "SkipLayers", "SparseAutoencoder",
+    "SparseCodes", "SparseDictionary", "SparsityResult", "SparsityStep", "StabilityResult", "SweepResult",
+    "TopKSAE", "VoidsResult", "WORDS", "aqi", "aqi_chi_xb", "aqi_score", "average_precision",
+    "calinski_harabasz", "cka", "cluster_scores", "compare_stores", "davies_bouldin", "dunn", "jaccard",
+    "lac_active", "latent_language", "layer_voids", "learn_layer_weights", "load_dictionary",
+    "matching_pursuit", "ppl_sparsity", "probe_metrics", "read_last", "relation_ablation",
+    "relative_similarity", "residuals", "stability", "stability_of_features", "svcca", "translation_prompts",
+    "truncation_edits", "unembed", "xie_beni",
 ]
