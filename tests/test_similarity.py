@@ -42,6 +42,13 @@ def test_cka_matches_numpy_in_both_forms():
     assert cka(X, X) == pytest.approx(1.0) and 0.0 < cka(X, Y) < 1.0
 
 
+def test_similarity_never_changes_its_inputs():
+    x, y = torch.randn(50, 8, dtype=torch.float64), torch.randn(50, 6, dtype=torch.float64)
+    before = (x.clone(), y.clone())
+    cka(x, y), cka(x[:4], y[:4]), relative_similarity(x, y, anchors=5)
+    assert torch.equal(x, before[0]) and torch.equal(y, before[1])
+
+
 def test_cka_invariances():
     assert cka(X, 5.0 * Y @ orthogonal(20) + 3.0) == pytest.approx(cka(X, Y), rel=1e-12)
     stretched = X @ torch.diag(torch.linspace(0.1, 10.0, 12, dtype=torch.float64))  # invertible but not orthogonal
@@ -107,6 +114,9 @@ def test_store_comparison_streams_the_in_memory_values(stores):
                                                                       rel=1e-9)
     assert torch.allclose(result.matrix("cka").diagonal(), torch.ones(3, dtype=torch.float64))
     assert json.loads(result.to_json())["kind"] == "similarity" and "blocks.1.mlp.act" in str(result)
+    by_store = cka(store, store, batch_tokens=100, progress=False)  # al.read.cka(store_a, store_b) streams too
+    assert by_store.metrics["cka"] == result.metrics["cka"]
+    assert torch.allclose(svcca(store, store, progress=False).matrix("svcca"), result.matrix("svcca"))
     cross = compare_stores(store, store, sites="blocks.0.*", sites_b=["blocks.1.mlp.act"], max_tokens=300,
                            progress=False)
     assert cross.sites_a == ["blocks.0.resid_post"] and cross.n_tokens == 300

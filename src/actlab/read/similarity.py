@@ -34,8 +34,9 @@ import torch
 from rich.table import Table
 
 from actlab.errors import ActlabError
-from actlab.eval.results import plain_text
 from actlab.eval.common import progress_bar
+from actlab.eval.results import plain_text
+from actlab.store.store import Store
 
 METRICS = ("cka", "svcca", "relative")
 EIGEN_TOLERANCE = 1e-10  # eigenvalues below this fraction of the largest count as zero variance
@@ -49,13 +50,20 @@ def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         raise ActlabError(f"rows must be paired: {x.shape[0]} rows against {y.shape[0]}")
     if x.shape[0] < 2:
         raise ActlabError("similarity needs at least two rows")
-    return x.reshape(x.shape[0], -1).double(), y.reshape(y.shape[0], -1).double()
+    # float64 copies (never the caller's tensors), so the callers may centre them in place
+    return (x.reshape(x.shape[0], -1).to(torch.float64, copy=True),
+            y.reshape(y.shape[0], -1).to(torch.float64, copy=True))
 
 
-def cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of paired rows (0…1; 1 for identical up to rotation and scale)."""
+def cka(x: torch.Tensor | Store, y: torch.Tensor | Store, **store_options: Any) -> float | SimilarityResult:
+    """Linear CKA of paired rows (0…1; 1 for identical up to rotation and scale).
+
+    Given two stores, every site pair streamed from disk: `compare_stores(x, y, metrics=["cka"], ...)`.
+    """
+    if isinstance(x, Store) or isinstance(y, Store):
+        return compare_stores(x, y, metrics=["cka"], **store_options)
     x, y = _pair(x, y)
-    x, y = x - x.mean(0), y - y.mean(0)
+    x, y = x.sub_(x.mean(0)), y.sub_(y.mean(0))
     if x.shape[0] < min(x.shape[1], y.shape[1]):  # fewer rows than features: the Gram form is cheaper
         k, m = x @ x.T, y @ y.T
         return _cka_ratio((k * m).sum(), k.norm(), m.norm())
@@ -67,8 +75,14 @@ def _cka_ratio(cross: torch.Tensor, norm_x: torch.Tensor, norm_y: torch.Tensor) 
     return float(cross) / denominator if denominator > 0 else 0.0
 
 
-def svcca(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99) -> float:
-    """Mean canonical correlation after keeping `keep` of each side's variance (SVCCA)."""
+def svcca(x: torch.Tensor | Store, y: torch.Tensor | Store, keep: float = 0.99,
+          **store_options: Any) -> float | SimilarityResult:
+    """Mean canonical correlation after keeping `keep` of each side's variance (SVCCA).
+
+    Given two stores, every site pair streamed from disk: `compare_stores(x, y, metrics=["svcca"], ...)`.
+    """
+    if isinstance(x, Store) or isinstance(y, Store):
+        return compare_stores(x, y, metrics=["svcca"], keep=keep, **store_options)
     return Moments().update(x, y).svcca(keep)
 
 
