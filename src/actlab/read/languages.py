@@ -203,12 +203,10 @@ class LatentLanguageResult:
 
     def plot(self, path: str | Path) -> Path:
         """One panel per pair: probability of the English, source and target word against depth."""
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(self.pairs), figsize=(3.6 * len(self.pairs), 3.2), sharey=True, squeeze=False)
+        fig = Figure(figsize=(3.6 * len(self.pairs), 3.2))
+        axes = fig.subplots(1, len(self.pairs), sharey=True, squeeze=False)
         x = range(len(self.layers))
         for ax, c in zip(axes[0], self.pairs):
             ax.plot(x, c.prob["en"], label="en", color="tab:blue")
@@ -222,7 +220,6 @@ class LatentLanguageResult:
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return path
 
 

@@ -157,10 +157,7 @@ class LensResult:
     def heatmap(self, path: str | Path, prompt: int | None = None) -> Path:
         """Layers × tokens image coloured by the top-1 probability (the target's probability when a
         target was given), each cell labelled with its top-1 token; the rows of `prompt` (default: all rows)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay untouched
 
         rows = [r for r, p in enumerate(self.prompt_index) if prompt is None or p == prompt]
         if not rows:
@@ -168,7 +165,8 @@ class LensResult:
         use_target = bool(self.target) and all(self.target[r] is not None for r in rows)
         values = [[(self.target_prob[r][i] if use_target else self.top_probs[r][i][0]) for r in rows]
                   for i in range(len(self.layers))]
-        fig, ax = plt.subplots(figsize=(1.0 + 1.1 * len(rows), 0.8 + 0.32 * len(self.layers)))
+        fig = Figure(figsize=(1.0 + 1.1 * len(rows), 0.8 + 0.32 * len(self.layers)))
+        ax = fig.subplots()
         image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
         for i in range(len(self.layers)):
             for j, r in enumerate(rows):
@@ -185,7 +183,6 @@ class LensResult:
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return path
 
 

@@ -33,6 +33,7 @@ from rich.table import Table
 from actlab.artifacts import load_artifact, save_artifact
 from actlab.data.facts import Facts
 from actlab.engine.edits import zero_neurons
+from actlab.engine.reading import read_activations
 from actlab.errors import ActlabError, did_you_mean
 from actlab.eval.choice import answer_accuracy, multiple_choice
 from actlab.eval.common import fingerprint, model_dtype, progress_bar
@@ -194,15 +195,8 @@ class RelationNeurons:
         prompts = {r: _prompts(d) for r, d in data.items()}
         sites = lab.sites("blocks.*.mlp.act")
         flat = [p for ps in prompts.values() for p in ps]
-        parts: list[torch.Tensor] = []
-        with progress_bar(len(flat), "relation neurons", self.progress) as advance:
-            for start in range(0, len(flat), self.batch_size):
-                batch = flat[start:start + self.batch_size]
-                with lab.record(sites, positions="last", dtype=torch.float32) as rec:
-                    lab.forward(batch, return_logits=False)
-                parts.append(torch.stack([rec[s] for s in sites], dim=1))
-                advance(len(batch))
-        acts = torch.cat(parts)
+        read, _ = read_activations(lab, flat, sites, "last", self.batch_size, self.progress)
+        acts = torch.stack([read[s] for s in sites], dim=1)
         by_relation, at = {}, 0
         for r, ps in prompts.items():
             by_relation[r] = acts[at:at + len(ps)]

@@ -21,6 +21,9 @@ from actlab.artifacts import META
 from actlab.engine.context import Positions
 from actlab.engine.edits import Edit
 from actlab.errors import ActlabError
+from actlab.eval.perplexity import perplexity
+from actlab.store.readers import MixingBuffer
+from actlab.store.store import Store, open_store
 
 
 @dataclass
@@ -76,13 +79,9 @@ class ActivationSource:
             for i in range(0, self.n, batch_size):
                 yield self.rows[torch.from_numpy(self.ids)[order[i:i + batch_size]]].float()
         elif self.n == len(self.rows):
-            from actlab.store import open_store
-
             for batch in open_store(self.data["store"]).batches(self.site, batch_size, shuffle=True, seed=seed):
                 yield batch.float()
         else:
-            from actlab.store.readers import MixingBuffer
-
             span = 4 * batch_size
             blocks = np.random.default_rng(seed).permutation(-(-self.n // span))
             rows = (self._read(self.ids[b * span:(b + 1) * span]) for b in blocks)
@@ -96,15 +95,11 @@ def activation_source(data: Any, site: str | None = None, max_tokens: int | None
                       min_position: int = 0) -> ActivationSource:
     """An `ActivationSource` for a `Store` (with `site`) or a `[n, d]` tensor: the first `max_tokens`
     rows, without the rows at in-window positions below `min_position` (stores only)."""
-    from actlab.store.store import Store
-
     if max_tokens is not None and max_tokens < 1:
         raise ActlabError(f"max_tokens must be at least 1, got {max_tokens}")
     if min_position < 0:
         raise ActlabError(f"min_position must be ≥ 0, got {min_position}")
     if isinstance(data, (str, Path)):
-        from actlab.store import open_store
-
         data = open_store(data)
     if isinstance(data, Store):
         if site is None:
@@ -199,8 +194,6 @@ class SparseDictionary:
     def delta_ce(self, lab: Any, corpus: Any = "austen:test", seq_len: int = 256, max_tokens: int = 2048,
                  batch_size: int = 4, positions: Positions = "all", progress: bool = False) -> "DeltaCE":
         """Next-token cross-entropy with the dictionary spliced in minus without (same windows)."""
-        from actlab.eval import perplexity
-
         self.check(lab)
         clean = perplexity(lab, corpus, seq_len, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
         spliced = perplexity(lab, corpus, seq_len, max_tokens=max_tokens, batch_size=batch_size,
